@@ -1,0 +1,409 @@
+//! RabbitMQ: topology, the consumer and its supervisor, dead-lettering, confirmed publishing.
+//!
+//! lapin's own recovery is not used: [`Broker::run`] owns the connection's whole life. Each
+//! session connects, declares the topology again, consumes until the connection fails, and the
+//! supervisor retries with capped exponential backoff and jitter. While disconnected the daemon
+//! keeps serving sockets and polling, and `/readyz` says why it is not ready. Deliveries are
+//! acked only after they are emitted and stored; what was in flight when a connection dropped
+//! is redelivered by the broker and recognised by the dedupe window.
+
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery as AmqpDelivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::tcp::OwnedTLSConfig;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::uri::AMQPUri;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind, ExchangeKind};
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RabbitConfig;
+use crate::delivery::{DedupeKey, Delivery};
+use crate::envelope::{self, CategoryFrom, Rejection, Source};
+use crate::metrics::{DeadLetterLabels, Metrics};
+use crate::readiness::Readiness;
+use crate::rooms::metric_category;
+
+/// Header that tells an operator why a message was dead-lettered (contract section 2).
+pub const REASON_HEADER: &str = "x-notify-bridge-reason";
+/// How long `POST /api/notifications` waits for the broker's confirm (contract section 6).
+pub const PUBLISH_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connecting (TCP, TLS, AMQP handshake) must finish within this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Heartbeat asked for when the URL sets none: a silently dead connection is noticed in ~2x this.
+const DEFAULT_HEARTBEAT_SECS: u16 = 10;
+/// First retry delay; doubles up to `RABBITMQ_RECONNECT_MAX_MS`.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("not connected to RabbitMQ")]
+    NotConnected,
+    #[error("RabbitMQ did not confirm the message within {0:?}")]
+    Timeout(Duration),
+    #[error("RabbitMQ refused the message (nack)")]
+    Nacked,
+    #[error("RabbitMQ error: {0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("{0}")]
+    Connect(#[from] ConnectError),
+    #[error(
+        "queue {queue:?} already exists with other arguments ({detail}); it must be declared \
+         durable with x-dead-letter-exchange={dlx:?}: delete it (rabbitmqctl delete_queue {queue}) \
+         or set RABBITMQ_QUEUE to a new name"
+    )]
+    QueueMismatch { queue: String, dlx: String, detail: String },
+    #[error("{0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker cancelled the consumer")]
+    ConsumerCancelled,
+}
+
+pub struct Broker {
+    config: RabbitConfig,
+    max_message_bytes: usize,
+    delivery: Arc<Delivery>,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    /// Confirm-mode channel of the current session, used for ingest and dead letters.
+    publisher: RwLock<Option<Channel>>,
+}
+
+impl Broker {
+    pub fn new(
+        config: RabbitConfig,
+        max_message_bytes: usize,
+        delivery: Arc<Delivery>,
+        metrics: Arc<Metrics>,
+        readiness: Readiness,
+    ) -> Self {
+        Self { config, max_message_bytes, delivery, metrics, readiness, publisher: RwLock::new(None) }
+    }
+
+    /// Consumes until `shutdown`, reconnecting for as long as it takes.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut failures: u32 = 0;
+        let mut last_error = String::new();
+        loop {
+            let result = self.session(&shutdown, &mut failures).await;
+            self.set_publisher(None);
+            self.metrics.broker_connected.set(0);
+            let error = match result {
+                Ok(()) => return,
+                Err(error) => error,
+            };
+            let reason = format!("RabbitMQ at {}: {error}", self.config.url.redacted());
+            self.readiness.set_not_ready(reason.clone());
+            self.metrics.broker_reconnects.inc();
+            let delay = backoff(failures, self.config.reconnect_max);
+            // The same failure again (broker still down, queue still mismatched) is logged once
+            // at its level, then only at debug, so a long outage does not flood the log.
+            if reason != last_error {
+                if matches!(error, SessionError::QueueMismatch { .. }) {
+                    tracing::error!("{reason}");
+                } else {
+                    tracing::warn!(retry_in = ?delay, "{reason}");
+                }
+                last_error = reason;
+            } else {
+                tracing::debug!(retry_in = ?delay, "{reason}");
+            }
+            failures = failures.saturating_add(1);
+            tokio::select! {
+                // Shutdown wins over the wait.
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn session(&self, shutdown: &CancellationToken, failures: &mut u32) -> Result<(), SessionError> {
+        let connection = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            c = connect(&self.config) => c?,
+        };
+        let channel = connection.create_channel().await?;
+        self.declare(&channel).await?;
+        // Prefetch bounds what the broker pushes ahead of our acks: enough to keep the consumer
+        // busy, never unbounded memory.
+        channel.basic_qos(self.config.prefetch, BasicQosOptions::default()).await?;
+
+        let publisher = connection.create_channel().await?;
+        publisher.confirm_select(ConfirmSelectOptions::default()).await?;
+        self.set_publisher(Some(publisher.clone()));
+
+        let mut consumer = channel
+            .basic_consume(
+                self.config.queue.as_str().into(),
+                ShortString::from(""),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.readiness.set_ready();
+        self.metrics.broker_connected.set(1);
+        *failures = 0;
+        tracing::info!(
+            broker = %self.config.url.redacted(),
+            exchange = %self.config.exchange,
+            queue = %self.config.queue,
+            prefetch = self.config.prefetch,
+            "consuming from RabbitMQ"
+        );
+
+        loop {
+            tokio::select! {
+                // Checked first so that shutdown stops taking new deliveries at once.
+                biased;
+                _ = shutdown.cancelled() => {
+                    // Closing returns every unacked (prefetched, not yet emitted) delivery to
+                    // the queue; none was acked without being emitted.
+                    let _ = channel.close(200, "shutting down".into()).await;
+                    let _ = connection.close(200, "shutting down".into()).await;
+                    tracing::info!("stopped consuming from RabbitMQ");
+                    return Ok(());
+                }
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => self.handle(delivery, &publisher).await?,
+                    Some(Err(error)) => return Err(error.into()),
+                    None => return Err(SessionError::ConsumerCancelled),
+                },
+            }
+        }
+    }
+
+    async fn declare(&self, channel: &Channel) -> Result<(), SessionError> {
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        let dlx = self.config.dead_letter_exchange();
+        let dead = self.config.dead_letter_queue();
+        let queue = &self.config.queue;
+        channel
+            .exchange_declare(self.config.exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default())
+            .await?;
+        channel.exchange_declare(dlx.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
+        let durable_queue = QueueDeclareOptions { durable: true, ..Default::default() };
+        channel.queue_declare(dead.as_str().into(), durable_queue, FieldTable::default()).await?;
+        channel
+            .queue_bind(dead.as_str().into(), dlx.as_str().into(), "".into(), QueueBindOptions::default(), FieldTable::default())
+            .await?;
+
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(dlx.as_str().into()));
+        if let Some(ms) = self.config.queue_expires_ms {
+            arguments.insert("x-expires".into(), AMQPValue::LongUInt(ms));
+        }
+        channel
+            .queue_declare(queue.as_str().into(), durable_queue, arguments)
+            .await
+            .map_err(|error| match error.kind() {
+                ErrorKind::ProtocolError(amqp)
+                    if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)) =>
+                {
+                    SessionError::QueueMismatch { queue: queue.clone(), dlx: dlx.clone(), detail: amqp.to_string() }
+                }
+                _ => SessionError::from(error),
+            })?;
+        for key in &self.config.binding_keys {
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    self.config.exchange.as_str().into(),
+                    key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, delivery: AmqpDelivery, publisher: &Channel) -> Result<(), SessionError> {
+        let properties = &delivery.properties;
+        let source = Source {
+            category: CategoryFrom::RoutingKey(delivery.routing_key.as_str()),
+            message_id: properties.message_id().as_ref().map(|id| id.as_str()),
+            timestamp: *properties.timestamp(),
+        };
+        match envelope::parse(&delivery.data, source, self.max_message_bytes) {
+            Ok(envelope) => {
+                let key = match envelope.message_id.as_deref() {
+                    Some(id) => DedupeKey::MessageId(id),
+                    None => DedupeKey::Fingerprint {
+                        hash: fingerprint(delivery.routing_key.as_str(), &delivery.data),
+                        redelivered: delivery.redelivered,
+                    },
+                };
+                self.delivery.deliver(&envelope, key);
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+            }
+            Err(rejection) => self.dead_letter(delivery, rejection, publisher).await?,
+        }
+        Ok(())
+    }
+
+    /// Republishes a rejected message to the dead-letter exchange with its reason, then acks it.
+    /// If the broker does not confirm that, the message is rejected without requeue, so the
+    /// queue's own dead-lettering still moves it (without the reason header): never a requeue loop.
+    async fn dead_letter(&self, delivery: AmqpDelivery, rejection: Rejection, publisher: &Channel) -> Result<(), SessionError> {
+        let category = delivery.routing_key.as_str().rsplit('.').next().unwrap_or("");
+        self.metrics
+            .dead_lettered
+            .get_or_create(&DeadLetterLabels { category: metric_category(category), reason: rejection.code() })
+            .inc();
+        tracing::warn!(
+            reason = rejection.code(),
+            routing_key = %delivery.routing_key,
+            bytes = delivery.data.len(),
+            message_id = ?delivery.properties.message_id().as_ref().map(|id| id.as_str()),
+            dead_letter_queue = %self.config.dead_letter_queue(),
+            "message dead-lettered: {}",
+            rejection.describe()
+        );
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(REASON_HEADER.into(), AMQPValue::LongString(rejection.code().into()));
+        let properties = delivery.properties.clone().with_headers(headers);
+        let confirmed = async {
+            let confirm = publisher
+                .basic_publish(
+                    self.config.dead_letter_exchange().as_str().into(),
+                    delivery.routing_key.clone(),
+                    BasicPublishOptions::default(),
+                    &delivery.data,
+                    properties,
+                )
+                .await?;
+            Ok::<bool, lapin::Error>(confirm.await?.is_ack())
+        };
+        match tokio::time::timeout(PUBLISH_CONFIRM_TIMEOUT, confirmed).await {
+            Ok(Ok(true)) => {
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+            }
+            outcome => {
+                tracing::warn!(?outcome, "dead-letter publish not confirmed; rejecting without requeue instead");
+                delivery.acker.reject(BasicRejectOptions { requeue: false }).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_publisher(&self, channel: Option<Channel>) {
+        // Only ever holds a cloneable handle; a panic elsewhere cannot leave it half-written.
+        *self.publisher.write().unwrap_or_else(|p| p.into_inner()) = channel;
+    }
+
+    /// Publishes `body` to the exchange and waits for the broker's confirm.
+    pub async fn publish(&self, routing_key: &str, body: &[u8]) -> Result<(), PublishError> {
+        let channel = self
+            .publisher
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(PublishError::NotConnected)?;
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            // Persistent, like the durable queues it lands in.
+            .with_delivery_mode(2)
+            .with_timestamp(time::OffsetDateTime::now_utc().unix_timestamp() as u64);
+        let publish = async {
+            let confirm = channel
+                .basic_publish(
+                    self.config.exchange.as_str().into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    properties,
+                )
+                .await?;
+            Ok::<_, PublishError>(confirm.await?)
+        };
+        match tokio::time::timeout(PUBLISH_CONFIRM_TIMEOUT, publish).await {
+            Err(_) => Err(PublishError::Timeout(PUBLISH_CONFIRM_TIMEOUT)),
+            Ok(Err(error)) => Err(error),
+            Ok(Ok(confirmation)) if confirmation.is_ack() => Ok(()),
+            Ok(Ok(_)) => Err(PublishError::Nacked),
+        }
+    }
+}
+
+/// Connects to `RABBITMQ_URL` (TLS for `amqps://`, trusting `RABBITMQ_CA_FILE` too).
+pub async fn connect(config: &RabbitConfig) -> Result<Connection, ConnectError> {
+    // Validated at start.
+    let mut uri: AMQPUri = config.url.expose().parse().expect("RABBITMQ_URL was validated");
+    uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
+    let tls = match &config.ca_file {
+        Some(path) => OwnedTLSConfig {
+            identity: None,
+            cert_chain: Some(std::fs::read_to_string(path).map_err(ConnectError::CaFile)?),
+        },
+        None => OwnedTLSConfig::default(),
+    };
+    let properties =
+        ConnectionProperties::default().with_connection_name(format!("notify-bridge {}", config.queue).into());
+    let runtime = lapin::runtime::default_runtime()?;
+    tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri_with_config(uri, properties, tls, runtime))
+        .await
+        .map_err(|_| ConnectError::Timeout(CONNECT_TIMEOUT))?
+        .map_err(ConnectError::from)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("could not connect within {0:?}")]
+    Timeout(Duration),
+    #[error("reading RABBITMQ_CA_FILE: {0}")]
+    CaFile(std::io::Error),
+    #[error("{0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+/// Identifies a message without `messageId`, to recognise broker redeliveries of it.
+fn fingerprint(routing_key: &str, body: &[u8]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    routing_key.hash(&mut hasher);
+    body.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Delay before retry number `failures`: exponential from 250 ms, capped, with jitter so that
+/// many instances do not reconnect in lockstep after a broker restart.
+pub fn backoff(failures: u32, cap: Duration) -> Duration {
+    let exponential = INITIAL_BACKOFF.saturating_mul(1u32 << failures.min(16));
+    let ceiling = exponential.min(cap);
+    ceiling.mul_f64(rand::rng().random_range(0.5..=1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let cap = Duration::from_secs(30);
+        for failures in 0..40 {
+            let ceiling = INITIAL_BACKOFF.saturating_mul(1u32 << failures.min(16)).min(cap);
+            let d = backoff(failures, cap);
+            assert!(d <= ceiling && d >= ceiling / 2, "{failures}: {d:?}");
+        }
+        assert!(backoff(30, cap) >= Duration::from_secs(15));
+    }
+
+    #[test]
+    fn fingerprints_tell_bodies_and_keys_apart() {
+        assert_eq!(fingerprint("a", b"x"), fingerprint("a", b"x"));
+        assert_ne!(fingerprint("a", b"x"), fingerprint("b", b"x"));
+        assert_ne!(fingerprint("a", b"x"), fingerprint("a", b"y"));
+    }
+}

@@ -1,0 +1,219 @@
+//! Who is asking, and which rooms they may read (contract section 4).
+//!
+//! Tokens are HS256 JWTs with a required `exp`. The same [`Authenticator`] serves Socket.IO
+//! handshakes and HTTP requests, so both apply one set of rules.
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::config::AuthMode;
+use crate::rooms::Room;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Customer,
+    Cms,
+    Admin,
+    Service,
+}
+
+/// The caller, as established by its token (or by auth being off).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// Auth is disabled: every valid room is open.
+    Anonymous,
+    Customer { id: String },
+    Staff { role: Role, sub: Option<String> },
+    Service { sub: Option<String> },
+}
+
+impl Principal {
+    /// May this caller join or read `room`?
+    pub fn can_read(&self, room: &Room) -> bool {
+        match self {
+            Principal::Anonymous | Principal::Staff { .. } => true,
+            Principal::Customer { id } => room.customer_id() == Some(id.as_str()),
+            Principal::Service { .. } => false,
+        }
+    }
+
+    /// May this caller `POST /api/notifications`?
+    pub fn can_publish(&self) -> bool {
+        matches!(self, Principal::Anonymous | Principal::Service { .. })
+    }
+
+    /// A short label for logs.
+    pub fn label(&self) -> String {
+        match self {
+            Principal::Anonymous => "anonymous".into(),
+            Principal::Customer { id } => format!("customer:{id}"),
+            Principal::Staff { role, sub } => format!("{role:?}:{}", sub.as_deref().unwrap_or("-")),
+            Principal::Service { sub } => format!("service:{}", sub.as_deref().unwrap_or("-")),
+        }
+    }
+}
+
+/// Why a token was refused. Clients only ever see `unauthorized`; the detail is for logs.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("no token")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Subject {
+    Text(String),
+    Signed(i64),
+    Unsigned(u64),
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: Option<Subject>,
+    role: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Authenticator {
+    /// `None` when auth is disabled.
+    verifier: Option<(DecodingKey, Validation)>,
+}
+
+impl Authenticator {
+    pub fn new(mode: &AuthMode) -> Self {
+        let verifier = match mode {
+            AuthMode::Disabled(_) => None,
+            AuthMode::Required(secret) => {
+                let mut validation = Validation::new(Algorithm::HS256);
+                // `exp` is required (the default) and enforced to the second: an expired token
+                // is refused at once rather than within a minute of leeway.
+                validation.leeway = 0;
+                Some((DecodingKey::from_secret(secret.expose().as_bytes()), validation))
+            }
+        };
+        Self { verifier }
+    }
+
+    pub fn required(&self) -> bool {
+        self.verifier.is_some()
+    }
+
+    /// Establishes the caller from an optional bearer token.
+    pub fn authenticate(&self, token: Option<&str>) -> Result<Principal, AuthError> {
+        let Some((key, validation)) = &self.verifier else {
+            return Ok(Principal::Anonymous);
+        };
+        let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
+        let claims = jsonwebtoken::decode::<Claims>(token, key, validation)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?
+            .claims;
+        let sub = claims.sub.map(|s| match s {
+            Subject::Text(s) => s,
+            Subject::Signed(n) => n.to_string(),
+            Subject::Unsigned(n) => n.to_string(),
+        });
+        match claims.role.as_deref().unwrap_or("customer") {
+            "customer" => match sub {
+                Some(id) if !id.is_empty() => Ok(Principal::Customer { id }),
+                _ => Err(AuthError::Invalid("customer token without sub".into())),
+            },
+            "cms" => Ok(Principal::Staff { role: Role::Cms, sub }),
+            "admin" => Ok(Principal::Staff { role: Role::Admin, sub }),
+            "service" => Ok(Principal::Service { sub }),
+            other => Err(AuthError::Invalid(format!("unknown role {other:?}"))),
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header value.
+pub fn bearer_token(header: Option<&str>) -> Option<&str> {
+    let value = header?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    const SECRET: &str = "test-secret";
+
+    fn auth() -> Authenticator {
+        let mode = crate::config::Config::from_vars([("JWT_SECRET", SECRET)]).unwrap().auth;
+        assert!(matches!(mode, AuthMode::Required(Secret { .. })));
+        Authenticator::new(&mode)
+    }
+
+    fn token(claims: serde_json::Value) -> String {
+        encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+    }
+
+    fn in_an_hour() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600
+    }
+
+    fn room(name: &str) -> Room {
+        Room::parse(name).unwrap()
+    }
+
+    #[test]
+    fn a_customer_reads_only_its_own_room() {
+        let p = auth().authenticate(Some(&token(json!({"sub": 123, "exp": in_an_hour()})))).unwrap();
+        assert_eq!(p, Principal::Customer { id: "123".into() });
+        assert!(p.can_read(&room("customer:123")));
+        assert!(!p.can_read(&room("customer:456")));
+        assert!(!p.can_read(&room("cms:dashboard")));
+        assert!(!p.can_publish());
+    }
+
+    #[test]
+    fn cms_and_admin_read_everything_service_reads_nothing() {
+        for role in ["cms", "admin"] {
+            let p = auth().authenticate(Some(&token(json!({"role": role, "exp": in_an_hour()})))).unwrap();
+            assert!(p.can_read(&room("cms:stations")) && p.can_read(&room("customer:9")), "{role}");
+        }
+        let p = auth().authenticate(Some(&token(json!({"role": "service", "exp": in_an_hour()})))).unwrap();
+        assert!(!p.can_read(&room("cms:dashboard")));
+        assert!(p.can_publish());
+    }
+
+    #[test]
+    fn bad_tokens_are_refused() {
+        let a = auth();
+        assert!(matches!(a.authenticate(None), Err(AuthError::Missing)));
+        let expired = token(json!({"sub": "1", "exp": 1_000_000}));
+        let no_exp = token(json!({"sub": "1"}));
+        let unknown_role = token(json!({"sub": "1", "role": "root", "exp": in_an_hour()}));
+        let customer_without_sub = token(json!({"exp": in_an_hour()}));
+        let wrong_key = encode(
+            &Header::default(),
+            &json!({"sub": "1", "exp": in_an_hour()}),
+            &EncodingKey::from_secret(b"other"),
+        )
+        .unwrap();
+        for bad in [expired, no_exp, unknown_role, customer_without_sub, wrong_key, "garbage".into()] {
+            assert!(matches!(a.authenticate(Some(&bad)), Err(AuthError::Invalid(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn disabled_auth_opens_every_room() {
+        let a = Authenticator::new(&AuthMode::Disabled("test"));
+        let p = a.authenticate(None).unwrap();
+        assert!(p.can_read(&room("customer:1")) && p.can_read(&room("cms:x")) && p.can_publish());
+    }
+
+    #[test]
+    fn bearer_header_parsing() {
+        assert_eq!(bearer_token(Some("Bearer abc")), Some("abc"));
+        assert_eq!(bearer_token(Some("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer_token(Some("Basic abc")), None);
+        assert_eq!(bearer_token(None), None);
+    }
+}

@@ -1,0 +1,180 @@
+//! notify-bridge: consumes EV-charging notifications from RabbitMQ and emits them as the
+//! Socket.IO event `notification` into customer and CMS rooms, with an HTTP polling fallback.
+//!
+//! The wire contract (config, AMQP input, payload, rooms, Socket.IO, HTTP) is
+//! `shared/contract.md`. Modules, from the pure core outwards:
+//!
+//! - [`config`]: environment variables, validated at start.
+//! - [`rooms`], [`auth`], [`envelope`]: room grammar and default routing, JWT roles, parsing a
+//!   message body. No I/O.
+//! - [`history`]: per-room history with epoch cursors and memory caps.
+//! - [`delivery`]: the one delivery path: dedupe, number, store, emit.
+//! - [`amqp`]: topology, consumer supervisor, dead letters, confirmed publish.
+//! - [`socket`], [`http`]: the Socket.IO and HTTP surfaces.
+//! - [`metrics`], [`readiness`], [`telemetry`], [`demo`], [`tools`]: operations.
+//!
+//! [`run`] starts everything on a given listener and stops on a cancellation token, so tests
+//! start the real daemon on port 0.
+
+pub mod amqp;
+pub mod auth;
+pub mod config;
+pub mod delivery;
+pub mod demo;
+pub mod envelope;
+pub mod history;
+pub mod http;
+pub mod metrics;
+pub mod readiness;
+pub mod rooms;
+pub mod socket;
+pub mod telemetry;
+pub mod tools;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use socketioxide::SocketIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::amqp::Broker;
+use crate::auth::Authenticator;
+use crate::config::{AuthMode, Config};
+use crate::delivery::Delivery;
+use crate::history::History;
+use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+
+/// Everything request handlers and tasks share.
+pub struct AppState {
+    pub config: Config,
+    pub auth: Authenticator,
+    pub delivery: Arc<Delivery>,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Readiness,
+    /// Present when `ENABLE_RABBITMQ=true`: ingest publishes through it.
+    pub broker: Option<Arc<Broker>>,
+}
+
+/// Largest Socket.IO packet a client may send: clients only send `join-room` / `leave-room`.
+const MAX_CLIENT_PACKET_BYTES: usize = 16 * 1024;
+/// How often idle history rooms are looked for.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Serves on `listener` until `shutdown` is cancelled, then drains within `SHUTDOWN_TIMEOUT_MS`.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let address = listener.local_addr().context("reading the listener's address")?;
+    warn_about_risky_settings(&config);
+
+    let metrics = Arc::new(Metrics::new());
+    // A socket's buffer must hold a full replay of one room on top of live traffic.
+    let socket_buffer = config.limits.socket_buffer.max(config.history.per_room + 32);
+    let (socket_layer, io) = SocketIo::builder()
+        .max_buffer_size(socket_buffer)
+        .max_payload(MAX_CLIENT_PACKET_BYTES as u64)
+        .ws_max_message_size(MAX_CLIENT_PACKET_BYTES)
+        .build_layer();
+    let history = History::new(config.history.clone());
+    let delivery = Arc::new(Delivery::new(io.clone(), history, config.dedupe_window, metrics.clone()));
+
+    let (readiness, broker) = if config.enable_rabbitmq {
+        let readiness = Readiness::not_ready("connecting to RabbitMQ");
+        let broker = Arc::new(Broker::new(
+            config.rabbitmq.clone(),
+            config.limits.max_message_bytes,
+            delivery.clone(),
+            metrics.clone(),
+            readiness.clone(),
+        ));
+        (readiness, Some(broker))
+    } else {
+        (Readiness::ready(), None)
+    };
+
+    let app = Arc::new(AppState {
+        auth: Authenticator::new(&config.auth),
+        config,
+        delivery: delivery.clone(),
+        metrics,
+        readiness: readiness.clone(),
+        broker: broker.clone(),
+    });
+    socket::attach(&io, app.clone());
+
+    let mut router = http::router(app.clone()).layer(socket_layer);
+    if let Some(cors) = http::cors(&app.config.cors) {
+        router = router.layer(cors);
+    }
+
+    let tasks = CancellationToken::new();
+    let consumer = broker.map(|broker| tokio::spawn(broker.run(tasks.clone())));
+    tokio::spawn(housekeeping(delivery.clone(), tasks.clone()));
+    if app.config.demo {
+        tokio::spawn(demo::run(delivery.clone(), tasks.clone()));
+    }
+
+    let server_stop = CancellationToken::new();
+    let server = axum::serve(listener, router)
+        .with_graceful_shutdown(server_stop.clone().cancelled_owned());
+    let mut server = tokio::spawn(server.into_future());
+    tracing::info!(
+        %address,
+        rabbitmq = app.config.enable_rabbitmq,
+        auth = app.auth.required(),
+        "notify-bridge listening"
+    );
+
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        // The server only ends by itself on a fatal accept error.
+        result = &mut server => {
+            tasks.cancel();
+            return result.context("HTTP server task")?.context("HTTP server");
+        }
+    }
+
+    tracing::info!(timeout = ?app.config.shutdown_timeout, "shutting down");
+    readiness.set_not_ready("shutting down");
+    tasks.cancel();
+    let drain = async {
+        // Stop consuming first: unacked deliveries go back to the queue, nothing is half done.
+        if let Some(consumer) = consumer {
+            let _ = consumer.await;
+        }
+        io.close().await;
+        server_stop.cancel();
+        let _ = (&mut server).await;
+    };
+    if tokio::time::timeout(app.config.shutdown_timeout, drain).await.is_err() {
+        tracing::warn!(timeout = ?app.config.shutdown_timeout, "shutdown timed out; closing remaining connections");
+        server.abort();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn housekeeping(delivery: Arc<Delivery>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => delivery.evict_idle(),
+        }
+    }
+}
+
+fn warn_about_risky_settings(config: &Config) {
+    if let AuthMode::Disabled(reason) = &config.auth {
+        tracing::warn!("AUTHENTICATION IS OFF ({reason}): every client may join every room");
+    }
+    if let AuthMode::Required(secret) = &config.auth
+        && secret.expose().len() < 32
+    {
+        tracing::warn!("JWT_SECRET is shorter than 32 bytes; use a long random secret");
+    }
+    if matches!(config.cors, config::CorsOrigins::Any) {
+        tracing::warn!("CORS_ORIGINS=* lets any web page call this daemon");
+    }
+}
