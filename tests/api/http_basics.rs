@@ -1,0 +1,36 @@
+//! `/api/config`, `/healthz`, `/readyz` and the static pages (contract section 6).
+
+use serde_json::{Value, json};
+
+use crate::support::{Settings, TestApp};
+
+#[tokio::test]
+async fn config_tells_frontends_the_mode_with_real_booleans() {
+    let app = TestApp::spawn(Settings::local().var("POLL_INTERVAL_MS", "2500")).await;
+    let body: Value = app.get("/api/config", None).await.json().await.unwrap();
+    assert_eq!(body, json!({ "ENABLE_RABBITMQ": false, "pollIntervalMs": 2500, "authRequired": true }));
+    app.stop().await;
+
+    let app = TestApp::spawn(Settings { auth: false, ..Settings::rabbit() }).await;
+    let body: Value = app.get("/api/config", None).await.json().await.unwrap();
+    assert_eq!(body, json!({ "ENABLE_RABBITMQ": true, "pollIntervalMs": 10000, "authRequired": false }));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer_200_when_serving() {
+    let app = TestApp::spawn(Settings::rabbit()).await;
+    assert_eq!(app.get("/healthz", None).await.status(), 200);
+    assert_eq!(app.get("/readyz", None).await.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_public_pages_are_served() {
+    let app = TestApp::spawn(Settings::local()).await;
+    let response = app.get("/", None).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().contains("<html"));
+    assert_eq!(app.get("/no-such-page.html", None).await.status(), 404);
+    app.stop().await;
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real daemon on port 0, the real local RabbitMQ, real sockets.
+
+mod support;
+
+mod bridge;
+mod dead_letters;
+mod http_basics;
+mod sockets;
+mod startup;

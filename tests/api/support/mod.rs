@@ -1,0 +1,308 @@
+//! `TestApp`: the real daemon on port 0 against the real local RabbitMQ, with its own exchange
+//! and queues, plus helpers to publish, read queues, call the API and connect sockets.
+
+pub mod sio;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use jsonwebtoken::{EncodingKey, Header};
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use sio::SioClient;
+
+pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
+pub const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// Every wait in these tests is bounded by this.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A name no other test (or test run) uses.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}.{}.{}.{n}", std::process::id(), rand_suffix())
+}
+
+fn rand_suffix() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now()) as u32
+}
+
+pub fn init_logs() {
+    // Quiet unless TEST_LOG is set.
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt().with_env_filter("info,notify_bridge=debug").with_test_writer().try_init();
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub exchange: String,
+    pub queue: String,
+    pub rabbit: bool,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    publisher: Option<(Connection, Channel)>,
+    client: reqwest::Client,
+}
+
+#[derive(Default)]
+pub struct Settings {
+    pub rabbit: bool,
+    pub auth: bool,
+    pub vars: Vec<(String, String)>,
+    /// Connect the daemon to this URL instead of the local broker (a proxy in front of it).
+    pub broker_url: Option<String>,
+    /// Return before the daemon is ready (for tests that start with the broker away).
+    pub no_wait: bool,
+}
+
+impl Settings {
+    pub fn rabbit() -> Self {
+        Self { rabbit: true, auth: true, ..Default::default() }
+    }
+    pub fn local() -> Self {
+        Self { rabbit: false, auth: true, ..Default::default() }
+    }
+    pub fn var(mut self, key: &str, value: &str) -> Self {
+        self.vars.push((key.into(), value.into()));
+        self
+    }
+}
+
+impl TestApp {
+    pub async fn spawn(settings: Settings) -> TestApp {
+        init_logs();
+        let exchange = unique("nb-test-ex");
+        let queue = unique("nb-test-q");
+        let mut vars: Vec<(String, String)> = vec![
+            ("ENABLE_RABBITMQ".into(), settings.rabbit.to_string()),
+            ("RABBITMQ_URL".into(), settings.broker_url.clone().unwrap_or_else(|| BROKER.into())),
+            ("RABBITMQ_EXCHANGE".into(), exchange.clone()),
+            ("RABBITMQ_QUEUE".into(), queue.clone()),
+            ("RABBITMQ_RECONNECT_MAX_MS".into(), "1000".into()),
+            ("PUBLIC_DIR".into(), concat!(env!("CARGO_MANIFEST_DIR"), "/public").into()),
+            ("SHUTDOWN_TIMEOUT_MS".into(), "5000".into()),
+        ];
+        if settings.auth {
+            vars.push(("JWT_SECRET".into(), SECRET.into()));
+        }
+        vars.extend(settings.vars.iter().cloned());
+        let config = notify_bridge::config::Config::from_vars(vars).expect("test config is valid");
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(notify_bridge::run(config, listener, shutdown.clone()));
+        let publisher = if settings.rabbit { Some(open_publisher().await) } else { None };
+        let app = TestApp {
+            addr,
+            base: format!("http://{addr}"),
+            exchange,
+            queue,
+            rabbit: settings.rabbit,
+            shutdown,
+            handle: Some(handle),
+            publisher,
+            client: reqwest::Client::new(),
+        };
+        if !settings.no_wait {
+            app.wait_ready().await;
+        }
+        app
+    }
+
+    /// Waits (bounded) until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        self.wait_readyz(200).await;
+    }
+
+    pub async fn wait_readyz(&self, status: u16) {
+        let deadline = tokio::time::Instant::now() + WAIT * 2;
+        loop {
+            if let Ok(r) = self.client.get(format!("{}/readyz", self.base)).send().await
+                && r.status().as_u16() == status
+            {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "/readyz never answered {status}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn token(&self, claims: Value) -> String {
+        let mut claims = claims;
+        if claims.get("exp").is_none() {
+            claims["exp"] = json!(now() + 3600);
+        }
+        jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+    }
+    pub fn customer_token(&self, id: &str) -> String {
+        self.token(json!({ "sub": id, "role": "customer" }))
+    }
+    pub fn cms_token(&self) -> String {
+        self.token(json!({ "sub": "ops-1", "role": "cms" }))
+    }
+    pub fn service_token(&self) -> String {
+        self.token(json!({ "sub": "backend", "role": "service" }))
+    }
+
+    /// A socket authenticated with `token` (handshake `auth.token`).
+    pub async fn socket(&self, token: &str) -> SioClient {
+        SioClient::connect(self.addr, Some(token), sio::TokenVia::Auth).await.expect("socket connects")
+    }
+
+    /// A socket that has joined `rooms` (each ack checked).
+    pub async fn joined(&self, token: &str, rooms: &[&str]) -> SioClient {
+        let socket = self.socket(token).await;
+        for room in rooms {
+            let ack = socket.join(room).await;
+            assert_eq!(ack["ok"], true, "join {room}: {ack}");
+        }
+        socket
+    }
+
+    /// Publishes to the app's exchange and waits for the broker's confirm.
+    pub async fn publish(&self, routing_key: &str, body: &[u8]) {
+        self.publish_with(routing_key, body, BasicProperties::default()).await;
+    }
+
+    pub async fn publish_json(&self, routing_key: &str, body: Value) {
+        self.publish(routing_key, body.to_string().as_bytes()).await;
+    }
+
+    pub async fn publish_with(&self, routing_key: &str, body: &[u8], properties: BasicProperties) {
+        let (_, channel) = self.publisher.as_ref().expect("a RabbitMQ test app");
+        let confirm = channel
+            .basic_publish(self.exchange.as_str().into(), routing_key.into(), BasicPublishOptions::default(), body, properties)
+            .await
+            .expect("publish");
+        assert!(confirm.await.expect("confirm").is_ack());
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.publisher.as_ref().expect("a RabbitMQ test app").1
+    }
+
+    /// Takes the next message from `queue`, waiting (bounded) for one to arrive.
+    pub async fn next_message(&self, queue: &str) -> lapin::message::BasicGetMessage {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let got = self.channel().basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.expect("basic.get");
+            if let Some(message) = got {
+                return message;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no message arrived in {queue}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Ready messages in `queue` right now.
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        self.channel().queue_declare(queue.into(), passive, FieldTable::default()).await.expect("queue exists").message_count()
+    }
+
+    pub fn dead_queue(&self) -> String {
+        format!("{}.dead", self.queue)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut request = self.client.get(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("GET")
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        let mut request = self.client.post(format!("{}{path}", self.base)).header("content-type", "application/json").body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("POST")
+    }
+
+    /// Stops the daemon gracefully and asserts it stopped cleanly.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        let handle = self.handle.take().unwrap();
+        let result = tokio::time::timeout(WAIT, handle).await.expect("daemon stops in time");
+        result.expect("daemon task").expect("daemon exits cleanly");
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if !self.rabbit {
+            return;
+        }
+        // Leave nothing behind on the shared broker, even when the test failed. The deletion
+        // runs on its own runtime because this may run on a runtime that is blocked or closing.
+        let names = (self.exchange.clone(), self.queue.clone());
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(5), delete_topology(&names.0, &names.1)).await;
+            });
+        })
+        .join();
+    }
+}
+
+async fn delete_topology(exchange: &str, queue: &str) {
+    let Ok(connection) = Connection::connect(BROKER, ConnectionProperties::default()).await else { return };
+    if let Ok(channel) = connection.create_channel().await {
+        for q in [queue.to_owned(), format!("{queue}.dead")] {
+            let _ = channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+        }
+        for e in [exchange.to_owned(), format!("{queue}.dlx")] {
+            let _ = channel.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default()).await;
+        }
+    }
+    let _ = connection.close(200, "test cleanup".into()).await;
+}
+
+async fn open_publisher() -> (Connection, Channel) {
+    let connection = Connection::connect(BROKER, ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ must run at 127.0.0.1:5672 (the test command starts it)");
+    let channel = connection.create_channel().await.unwrap();
+    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    (connection, channel)
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A fresh unique message id.
+pub fn message_id() -> String {
+    unique("msg")
+}
+
+/// Drains what a stream yields within a short bound: for collecting a consumer's messages.
+pub async fn collect<S: futures_util::Stream + Unpin>(stream: &mut S, n: usize) -> Vec<S::Item> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match tokio::time::timeout(WAIT, stream.next()).await {
+            Ok(Some(item)) => out.push(item),
+            _ => break,
+        }
+    }
+    out
+}
