@@ -5,5 +5,6 @@ mod support;
 mod bridge;
 mod dead_letters;
 mod http_basics;
+mod node_compat;
 mod sockets;
 mod startup;
