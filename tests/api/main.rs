@@ -6,5 +6,6 @@ mod bridge;
 mod dead_letters;
 mod http_basics;
 mod node_compat;
+mod polling;
 mod sockets;
 mod startup;

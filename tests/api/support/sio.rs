@@ -20,7 +20,9 @@ pub enum TokenVia {
     Query,
 }
 
-type Acks = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
+/// Pending acks; each is answered with its payload and how many notifications had arrived
+/// before it, so tests can check what came before an ack.
+type Acks = Arc<Mutex<HashMap<u64, oneshot::Sender<(Value, usize)>>>>;
 
 pub struct SioClient {
     out: mpsc::UnboundedSender<Message>,
@@ -68,6 +70,7 @@ impl SioClient {
         let pong = out.clone();
         let reader_acks = acks.clone();
         tokio::spawn(async move {
+            let mut received = 0;
             while let Some(Ok(message)) = stream.next().await {
                 let Ok(text) = message.to_text() else { continue };
                 if text == "2" {
@@ -75,6 +78,7 @@ impl SioClient {
                 } else if let Some(event) = text.strip_prefix("42") {
                     let event: Value = serde_json::from_str(event).expect("event JSON");
                     if event[0] == "notification" {
+                        received += 1;
                         let _ = notify_tx.send(event[1].clone());
                     }
                 } else if let Some(ack) = text.strip_prefix("43") {
@@ -82,7 +86,7 @@ impl SioClient {
                     let id: u64 = ack[..split].parse().expect("ack id");
                     let payload: Value = serde_json::from_str(&ack[split..]).expect("ack JSON");
                     if let Some(waiter) = reader_acks.lock().unwrap().remove(&id) {
-                        let _ = waiter.send(payload[0].clone());
+                        let _ = waiter.send((payload[0].clone(), received));
                     }
                 } else if text.starts_with("41") {
                     return;
@@ -94,6 +98,12 @@ impl SioClient {
 
     /// Emits `event` with `arg` and waits (bounded) for the acknowledgement.
     pub async fn emit_with_ack(&self, event: &str, arg: Value) -> Value {
+        self.emit_with_ack_counted(event, arg).await.0
+    }
+
+    /// Like [`Self::emit_with_ack`], also returning how many notifications this socket had
+    /// received (in all) when the ack arrived.
+    pub async fn emit_with_ack_counted(&self, event: &str, arg: Value) -> (Value, usize) {
         let id = self.next_ack.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.acks.lock().unwrap().insert(id, tx);
@@ -105,8 +115,9 @@ impl SioClient {
         self.emit_with_ack("join-room", json!(room)).await
     }
 
-    pub async fn join_after(&self, room: &str, after: &str) -> Value {
-        self.emit_with_ack("join-room", json!({ "room": room, "after": after })).await
+    /// Joins with a cursor: returns the ack and how many notifications had arrived before it.
+    pub async fn join_after(&self, room: &str, after: &str) -> (Value, usize) {
+        self.emit_with_ack_counted("join-room", json!({ "room": room, "after": after })).await
     }
 
     pub async fn leave(&self, room: &str) -> Value {

@@ -1,0 +1,55 @@
+#!/usr/bin/env node
+// Real time: a notification published to RabbitMQ shows up on the customer page and the dashboard.
+import {
+  parseArgs, tokenFor, runTest, expectSelector, screenshot, publish, uniqueId, getJson, TestFailure,
+} from './lib.mjs';
+
+const USAGE = `usage: node tests/browser/realtime.mjs --base URL --amqp URL --exchange NAME
+         [--customer ID] [--customer-token T] [--cms-token T] [--jwt-secret S]
+Daemon must run with ENABLE_RABBITMQ=true and RABBITMQ_EXCHANGE=NAME.
+Tokens are minted from --jwt-secret when not given; neither is needed when the daemon's auth is off.`;
+
+const args = parseArgs({
+  base: { env: ['BASE_URL'], required: true },
+  amqp: { env: ['AMQP_URL', 'RABBITMQ_URL'], default: 'amqp://guest:guest@127.0.0.1:5672/%2f' },
+  exchange: { env: ['EXCHANGE', 'RABBITMQ_EXCHANGE'], default: 'notifications' },
+  customer: { env: ['CUSTOMER_ID'], default: '123' },
+  'customer-token': { env: ['CUSTOMER_TOKEN'] },
+  'cms-token': { env: ['CMS_TOKEN'] },
+  'jwt-secret': { env: ['JWT_SECRET'] },
+}, USAGE);
+
+const customerToken = tokenFor(args.customerToken, args.jwtSecret, { sub: args.customer, role: 'customer' });
+const cmsToken = tokenFor(args.cmsToken, args.jwtSecret, { sub: 'browser-test', role: 'cms' });
+
+await runTest('realtime', async ({ open }) => {
+  const config = await getJson(`${args.base}/api/config`);
+  if (config.ENABLE_RABBITMQ !== true) throw new TestFailure(`daemon at ${args.base} has ENABLE_RABBITMQ=${config.ENABLE_RABBITMQ}; this test needs true`);
+
+  const q = (p) => new URLSearchParams({ autoconnect: '1', ...p });
+  const customer = await open(`${args.base}/customer.html?${q({ customer: args.customer, token: customerToken })}`, 'customer');
+  const dashboard = await open(`${args.base}/dashboard.html?${q({ token: cmsToken })}`, 'dashboard');
+
+  // The client reports "realtime" only once its rooms are joined, so publishing after this is safe.
+  for (const page of [customer, dashboard]) await expectSelector(page, '#mode[data-mode="realtime"]', 'real-time mode');
+
+  const messageId = uniqueId('rt');
+  const data = { sessionId: `s-${messageId}`, customerId: Number(args.customer) || args.customer, kwh: 0, stationId: 'ST-042' };
+  await publish(args.amqp, args.exchange, 'notification.session', {
+    type: 'charging.started', recipients: [Number(args.customer) || args.customer], data, messageId,
+  });
+  console.log(`published ${messageId} to ${args.exchange} (notification.session)`);
+
+  const item = `#events li[data-message-id="${messageId}"]`;
+  for (const page of [customer, dashboard]) {
+    const el = await expectSelector(page, item, `notification ${messageId}`);
+    const text = await el.textContent();
+    if (!text.includes('Charging started')) throw new TestFailure(`${page.testName}: item text lacks the type: ${text}`);
+    const mode = await page.textContent('#mode');
+    if (mode.trim() !== 'Real time') throw new TestFailure(`${page.testName}: #mode reads "${mode}", expected "Real time"`);
+  }
+  await expectSelector(dashboard, '#count-session-total:not(:text-is("0"))', 'session counter above 0', 5000);
+
+  await screenshot(customer, 'realtime-customer.png');
+  await screenshot(dashboard, 'realtime-dashboard.png');
+});
