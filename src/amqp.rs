@@ -70,6 +70,8 @@ enum SessionError {
     Amqp(#[from] lapin::Error),
     #[error("the broker cancelled the consumer")]
     ConsumerCancelled,
+    #[error("the connection closed")]
+    ConnectionClosed,
 }
 
 pub struct Broker {
@@ -135,6 +137,9 @@ impl Broker {
             _ = shutdown.cancelled() => return Ok(()),
             c = connect(&self.config) => c?,
         };
+        // Connection errors arrive here even when the consumer stream or a pending ack would
+        // never resolve (lapin's recovery path is young), so a dead connection is always noticed.
+        let mut events = connection.events_listener();
         let channel = connection.create_channel().await?;
         self.declare(&channel).await?;
         // Prefetch bounds what the broker pushes ahead of our acks: enough to keep the consumer
@@ -176,8 +181,14 @@ impl Broker {
                     tracing::info!("stopped consuming from RabbitMQ");
                     return Ok(());
                 }
+                error = connection_error(&mut events) => return Err(error),
                 next = consumer.next() => match next {
-                    Some(Ok(delivery)) => self.handle(delivery, &publisher).await?,
+                    Some(Ok(delivery)) => tokio::select! {
+                        handled = self.handle(delivery, &publisher) => handled?,
+                        // An ack cut short by a lost connection: the broker redelivers the
+                        // message (flagged redelivered) and the dedupe window recognises it.
+                        error = connection_error(&mut events) => return Err(error),
+                    },
                     Some(Err(error)) => return Err(error.into()),
                     None => return Err(SessionError::ConsumerCancelled),
                 },
@@ -334,6 +345,17 @@ impl Broker {
             Ok(Err(error)) => Err(error),
             Ok(Ok(confirmation)) if confirmation.is_ack() => Ok(()),
             Ok(Ok(_)) => Err(PublishError::Nacked),
+        }
+    }
+}
+
+/// Resolves with the first connection-level error lapin reports.
+async fn connection_error(events: &mut (impl futures_util::Stream<Item = lapin::Event> + Unpin)) -> SessionError {
+    loop {
+        match events.next().await {
+            Some(lapin::Event::Error(error)) => return SessionError::Amqp(error),
+            Some(_) => continue,
+            None => return SessionError::ConnectionClosed,
         }
     }
 }

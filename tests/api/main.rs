@@ -4,6 +4,7 @@ mod support;
 
 mod bridge;
 mod dead_letters;
+mod faults;
 mod http_basics;
 mod node_compat;
 mod polling;

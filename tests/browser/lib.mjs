@@ -98,6 +98,22 @@ export async function expectSelector(page, selector, what, timeout = 15000) {
   }
 }
 
+/** Wait until a function evaluated in the page returns something truthy, with a bounded timeout. */
+export async function expectInPage(page, fn, arg, what, timeout = 15000) {
+  try {
+    await page.waitForFunction(fn, arg, { timeout });
+  } catch {
+    throw new TestFailure(`${page.testName}: ${what} not seen within ${timeout} ms`);
+  }
+}
+
+/** Fail early, with the fix, when the daemon wants tokens and the test was given none. */
+export function requireTokens(config, tokens) {
+  if (config.authRequired && tokens.some((t) => !t)) {
+    throw new TestFailure('the daemon requires auth: pass --jwt-secret (or JWT_SECRET) or the --*-token flags');
+  }
+}
+
 /** Run a test body with a browser, a global time limit and screenshots of every open page on failure. */
 export async function runTest(name, body, { limitMs = 120000 } = {}) {
   const timer = setTimeout(() => fail(`${name}: gave up after ${limitMs} ms`), limitMs);
@@ -132,8 +148,10 @@ export const uniqueId = (prefix) => `${prefix}-${Date.now().toString(36)}-${cryp
 export async function publish(amqpUrl, exchange, routingKey, body) {
   const amqp = (await import('amqplib')).default;
   const conn = await amqp.connect(amqpUrl);
+  conn.on('error', () => {}); // failures surface through the awaited calls below
   try {
     const ch = await conn.createConfirmChannel();
+    ch.on('error', () => {});
     // The daemon declares the exchange; a passive check turns a typo into a clear error.
     await ch.checkExchange(exchange).catch((e) => { throw new TestFailure(`exchange ${exchange} does not exist (is the daemon running with RABBITMQ_EXCHANGE=${exchange}?): ${e.message}`); });
     ch.publish(exchange, routingKey, Buffer.from(JSON.stringify(body)), {

@@ -2,7 +2,7 @@
 // Reconnect: a notification published while the page is cut off arrives exactly once after the link is back.
 import net from 'node:net';
 import {
-  parseArgs, tokenFor, runTest, expectSelector, screenshot, publish, uniqueId, getJson, until, TestFailure,
+  parseArgs, tokenFor, requireTokens, runTest, expectSelector, screenshot, publish, uniqueId, getJson, until, TestFailure,
 } from './lib.mjs';
 
 const USAGE = `usage: node tests/browser/reconnect.mjs --base URL --amqp URL --exchange NAME
@@ -57,6 +57,7 @@ async function startProxy(target) {
 await runTest('reconnect', async ({ open }) => {
   const config = await getJson(`${args.base}/api/config`);
   if (config.ENABLE_RABBITMQ !== true) throw new TestFailure(`daemon at ${args.base} has ENABLE_RABBITMQ=${config.ENABLE_RABBITMQ}; this test needs true`);
+  requireTokens(config, [token]);
   const pollMs = Number(config.pollIntervalMs) || 10000;
   const proxy = await startProxy(new URL(args.base));
   try {

@@ -1,13 +1,13 @@
 //! `TestApp`: the real daemon on port 0 against the real local RabbitMQ, with its own exchange
 //! and queues, plus helpers to publish, read queues, call the API and connect sockets.
 
+pub mod proxy;
 pub mod sio;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use jsonwebtoken::{EncodingKey, Header};
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
@@ -68,6 +68,8 @@ pub struct Settings {
     pub broker_url: Option<String>,
     /// Return before the daemon is ready (for tests that start with the broker away).
     pub no_wait: bool,
+    /// Use this queue name instead of a fresh one.
+    pub queue: Option<String>,
 }
 
 impl Settings {
@@ -87,7 +89,7 @@ impl TestApp {
     pub async fn spawn(settings: Settings) -> TestApp {
         init_logs();
         let exchange = unique("nb-test-ex");
-        let queue = unique("nb-test-q");
+        let queue = settings.queue.clone().unwrap_or_else(|| unique("nb-test-q"));
         let mut vars: Vec<(String, String)> = vec![
             ("ENABLE_RABBITMQ".into(), settings.rabbit.to_string()),
             ("RABBITMQ_URL".into(), settings.broker_url.clone().unwrap_or_else(|| BROKER.into())),
@@ -131,14 +133,22 @@ impl TestApp {
     }
 
     pub async fn wait_readyz(&self, status: u16) {
+        self.wait_readyz_until(status, |_| true).await;
+    }
+
+    /// Waits (bounded) until `/readyz` answers `status` with a body that satisfies `accept`;
+    /// returns that body.
+    pub async fn wait_readyz_until(&self, status: u16, accept: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + WAIT * 2;
         loop {
             if let Ok(r) = self.client.get(format!("{}/readyz", self.base)).send().await
                 && r.status().as_u16() == status
+                && let Ok(body) = r.json::<Value>().await
+                && accept(&body)
             {
-                return;
+                return body;
             }
-            assert!(tokio::time::Instant::now() < deadline, "/readyz never answered {status}");
+            assert!(tokio::time::Instant::now() < deadline, "/readyz never answered {status} as expected");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -248,16 +258,33 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
-        if !self.rabbit {
-            return;
+        if self.rabbit {
+            drop(Topology { exchange: self.exchange.clone(), queue: self.queue.clone() });
         }
-        // Leave nothing behind on the shared broker, even when the test failed. The deletion
-        // runs on its own runtime because this may run on a runtime that is blocked or closing.
-        let names = (self.exchange.clone(), self.queue.clone());
+    }
+}
+
+/// Deletes an exchange and a queue (with its `.dlx` and `.dead`) when dropped, so tests leave
+/// nothing behind on the shared broker even when they fail.
+pub struct Topology {
+    pub exchange: String,
+    pub queue: String,
+}
+
+impl Topology {
+    pub fn fresh() -> Self {
+        Self { exchange: unique("nb-test-ex"), queue: unique("nb-test-q") }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        // On its own runtime: this may run on a runtime that is blocked or closing.
+        let (exchange, queue) = (self.exchange.clone(), self.queue.clone());
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(5), delete_topology(&names.0, &names.1)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), delete_topology(&exchange, &queue)).await;
             });
         })
         .join();
@@ -277,7 +304,7 @@ async fn delete_topology(exchange: &str, queue: &str) {
     let _ = connection.close(200, "test cleanup".into()).await;
 }
 
-async fn open_publisher() -> (Connection, Channel) {
+pub async fn open_publisher() -> (Connection, Channel) {
     let connection = Connection::connect(BROKER, ConnectionProperties::default())
         .await
         .expect("RabbitMQ must run at 127.0.0.1:5672 (the test command starts it)");
@@ -293,16 +320,4 @@ pub fn now() -> u64 {
 /// A fresh unique message id.
 pub fn message_id() -> String {
     unique("msg")
-}
-
-/// Drains what a stream yields within a short bound: for collecting a consumer's messages.
-pub async fn collect<S: futures_util::Stream + Unpin>(stream: &mut S, n: usize) -> Vec<S::Item> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        match tokio::time::timeout(WAIT, stream.next()).await {
-            Ok(Some(item)) => out.push(item),
-            _ => break,
-        }
-    }
-    out
 }

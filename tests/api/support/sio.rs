@@ -153,20 +153,40 @@ impl SioClient {
         out
     }
 
-    /// Whether the server closed this socket, waiting at most `within`.
-    pub async fn closed_within(&mut self, within: Duration) -> bool {
+    /// Everything that arrives until the server closes this socket (which must happen within
+    /// `within`).
+    pub async fn until_closed(&mut self, within: Duration) -> Vec<Value> {
         let deadline = tokio::time::Instant::now() + within;
+        let mut out = Vec::new();
         loop {
             match tokio::time::timeout_at(deadline, self.notifications.recv()).await {
-                Ok(None) => return true,
-                Ok(Some(_)) => continue,
-                Err(_) => return false,
+                Ok(None) => return out,
+                Ok(Some(n)) => out.push(n),
+                Err(_) => panic!("the server did not close the socket within {within:?}"),
             }
         }
     }
 }
 
 /// The next packet of the handshake, answering pings on the way.
+/// A socket that joins `room` and then never reads again, like a client whose network or event
+/// loop has stalled. Holding the returned stream keeps the TCP connection open.
+pub async fn stalled_socket(addr: SocketAddr, room: &str) -> impl Send {
+    let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("ws connect");
+    assert!(next_text(&mut ws).await.unwrap().starts_with('0'));
+    ws.send(Message::text("40")).await.unwrap();
+    assert!(next_text(&mut ws).await.unwrap().starts_with("40"));
+    ws.send(Message::text(format!("421{}", json!(["join-room", room])))).await.unwrap();
+    loop {
+        let packet = next_text(&mut ws).await.unwrap();
+        if packet.starts_with("431") {
+            assert!(packet.contains("\"ok\":true"), "{packet}");
+            return ws;
+        }
+    }
+}
+
 async fn next_text<S>(ws: &mut S) -> Result<String, String>
 where
     S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
