@@ -342,3 +342,78 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! The parser sees producers' bytes: whatever they are, it answers without panicking.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(serde_json::Value::from),
+            "[a-z:0-9 _.-]{0,70}".prop_map(serde_json::Value::from),
+            prop_oneof!["customer:[A-Za-z0-9_-]{1,64}", "cms:[a-z0-9_-]{1,32}"].prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("type".to_string()),
+                        Just("data".to_string()),
+                        Just("recipients".to_string()),
+                        Just("rooms".to_string()),
+                        Just("broadcast".to_string()),
+                        Just("messageId".to_string()),
+                        Just("timestamp".to_string()),
+                        Just("category".to_string()),
+                        "[a-z]{1,8}",
+                    ],
+                    inner,
+                    0..8,
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn check(body: &[u8]) -> Result<(), TestCaseError> {
+        for category in [CategoryFrom::RoutingKey("notification.session"), CategoryFrom::Body] {
+            let source = Source { category, message_id: Some("m"), timestamp: Some(u64::MAX) };
+            if let Ok(env) = parse(body, source, 4096) {
+                // Whatever is accepted is routed to valid rooms and carries a type.
+                prop_assert!(!env.kind.is_empty());
+                prop_assert!(!env.rooms.is_empty());
+                for room in &env.rooms {
+                    prop_assert_eq!(Room::parse(room.as_str()), Ok(room.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            check(&body)?;
+        }
+
+        #[test]
+        fn arbitrary_json_never_panics(value in json_value()) {
+            check(value.to_string().as_bytes())?;
+        }
+
+        #[test]
+        fn room_names_parse_to_themselves_or_fail(name in "(customer:|cms:|)[ -~]{0,70}") {
+            if let Ok(room) = Room::parse(&name) {
+                prop_assert_eq!(room.as_str(), name.as_str());
+            }
+        }
+    }
+}
