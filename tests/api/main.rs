@@ -3,6 +3,7 @@
 mod support;
 
 mod bridge;
+mod browser;
 mod dead_letters;
 mod faults;
 mod http_basics;

@@ -1,0 +1,106 @@
+// Customer page: one customer's notifications, live.
+import { connectNotifications } from './notify-client.js';
+import {
+  fetchConfig, mintDevToken, resolveToken, notificationItem,
+  showMode, showState, showMessage, takeParams,
+} from './common.js';
+
+const MAX_ITEMS = 200;
+const $ = (id) => document.getElementById(id);
+const form = $('connect-form');
+const events = $('events');
+let conn = null;
+let received = 0;
+
+const params = takeParams('token', 'secret');
+$('base-url').value = params.get('base') || location.origin;
+$('customer-id').value = params.get('customer') || '';
+$('token').value = params.get('token') || '';
+$('secret').value = params.get('secret') || '';
+
+async function describeDaemon() {
+  const config = await fetchConfig($('base-url').value);
+  $('auth-hint').textContent = !config ? '' : config.authRequired ? '(required)' : '(optional: auth is off)';
+  $('daemon-info').textContent = !config
+    ? 'unreachable'
+    : `${config.ENABLE_RABBITMQ ? 'real time' : 'polling'} · poll every ${Math.round(config.pollIntervalMs / 1000)} s`;
+  return config;
+}
+
+function addNotification(n) {
+  received += 1;
+  $('event-count').textContent = String(received);
+  $('empty').hidden = true;
+  events.prepend(notificationItem(n));
+  while (events.children.length > MAX_ITEMS) events.lastElementChild.remove();
+}
+
+function disconnect() {
+  conn?.close();
+  conn = null;
+  showMode($('mode'), 'off');
+  $('connect').disabled = false;
+  $('disconnect').disabled = true;
+}
+
+async function connect() {
+  disconnect();
+  showMessage($('message'), '');
+  const baseUrl = $('base-url').value;
+  const customer = $('customer-id').value.trim();
+  try {
+    const config = await describeDaemon();
+    const token = await resolveToken({
+      config,
+      token: $('token').value,
+      secret: $('secret').value,
+      claims: { sub: customer, role: 'customer' },
+    });
+    const room = `customer:${customer}`;
+    $('room').textContent = room;
+    events.replaceChildren();
+    received = 0;
+    $('event-count').textContent = '0';
+    $('empty').hidden = false;
+    $('connect').disabled = true;
+    $('disconnect').disabled = false;
+    conn = connectNotifications({
+      baseUrl,
+      token,
+      rooms: [room],
+      onNotification: addNotification,
+      onMode: (mode) => showMode($('mode'), mode),
+      onState: (state) => {
+        showState($('state'), state);
+        $('connect').disabled = state !== 'error'; // allow a retry once the client has given up
+        if (state === 'connected' || state === 'polling') showMessage($('message'), ''); // recovered
+      },
+      onError: (err) => showMessage($('message'), err.message),
+    });
+    // Exposed for tests and for poking around in the console.
+    window.notifyConnection = conn;
+  } catch (err) {
+    showMessage($('message'), err.message);
+    $('connect').disabled = false;
+  }
+}
+
+form.addEventListener('submit', (e) => {
+  e.preventDefault();
+  connect();
+});
+$('disconnect').addEventListener('click', disconnect);
+$('base-url').addEventListener('change', describeDaemon);
+$('mint-button').addEventListener('click', async () => {
+  try {
+    if (!form.reportValidity()) return;
+    if (!$('secret').value) throw new Error('Type the JWT secret first.');
+    $('token').value = await mintDevToken($('secret').value, { sub: $('customer-id').value.trim(), role: 'customer' });
+    showMessage($('message'), 'Token minted; it expires in one hour.', 'info');
+  } catch (err) {
+    showMessage($('message'), err.message);
+  }
+});
+
+if (params.get('autoconnect') === '1' && form.checkValidity()) connect();
+else describeDaemon();
