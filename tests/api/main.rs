@@ -8,6 +8,7 @@ mod dead_letters;
 mod faults;
 mod http_basics;
 mod node_compat;
+mod operations;
 mod polling;
 mod sockets;
 mod startup;

@@ -3,6 +3,7 @@
 
 pub mod proxy;
 pub mod sio;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,6 +71,8 @@ pub struct Settings {
     pub no_wait: bool,
     /// Use this queue name instead of a fresh one.
     pub queue: Option<String>,
+    /// Use this exchange instead of a fresh one (several instances on one exchange).
+    pub exchange: Option<String>,
 }
 
 impl Settings {
@@ -88,7 +91,7 @@ impl Settings {
 impl TestApp {
     pub async fn spawn(settings: Settings) -> TestApp {
         init_logs();
-        let exchange = unique("nb-test-ex");
+        let exchange = settings.exchange.clone().unwrap_or_else(|| unique("nb-test-ex"));
         let queue = settings.queue.clone().unwrap_or_else(|| unique("nb-test-q"));
         let mut vars: Vec<(String, String)> = vec![
             ("ENABLE_RABBITMQ".into(), settings.rabbit.to_string()),
