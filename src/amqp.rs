@@ -65,7 +65,11 @@ enum SessionError {
          durable with x-dead-letter-exchange={dlx:?}: delete it (rabbitmqctl delete_queue {queue}) \
          or set RABBITMQ_QUEUE to a new name"
     )]
-    QueueMismatch { queue: String, dlx: String, detail: String },
+    QueueMismatch {
+        queue: String,
+        dlx: String,
+        detail: String,
+    },
     #[error("{0}")]
     Amqp(#[from] lapin::Error),
     #[error("the broker cancelled the consumer")]
@@ -92,7 +96,14 @@ impl Broker {
         metrics: Arc<Metrics>,
         readiness: Readiness,
     ) -> Self {
-        Self { config, max_message_bytes, delivery, metrics, readiness, publisher: RwLock::new(None) }
+        Self {
+            config,
+            max_message_bytes,
+            delivery,
+            metrics,
+            readiness,
+            publisher: RwLock::new(None),
+        }
     }
 
     /// Consumes until `shutdown`, reconnecting for as long as it takes.
@@ -132,7 +143,11 @@ impl Broker {
         }
     }
 
-    async fn session(&self, shutdown: &CancellationToken, failures: &mut u32) -> Result<(), SessionError> {
+    async fn session(
+        &self,
+        shutdown: &CancellationToken,
+        failures: &mut u32,
+    ) -> Result<(), SessionError> {
         let connection = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             c = connect(&self.config) => c?,
@@ -144,10 +159,14 @@ impl Broker {
         self.declare(&channel).await?;
         // Prefetch bounds what the broker pushes ahead of our acks: enough to keep the consumer
         // busy, never unbounded memory.
-        channel.basic_qos(self.config.prefetch, BasicQosOptions::default()).await?;
+        channel
+            .basic_qos(self.config.prefetch, BasicQosOptions::default())
+            .await?;
 
         let publisher = connection.create_channel().await?;
-        publisher.confirm_select(ConfirmSelectOptions::default()).await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         self.set_publisher(Some(publisher.clone()));
 
         let mut consumer = channel
@@ -197,22 +216,51 @@ impl Broker {
     }
 
     async fn declare(&self, channel: &Channel) -> Result<(), SessionError> {
-        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
         let dlx = self.config.dead_letter_exchange();
         let dead = self.config.dead_letter_queue();
         let queue = &self.config.queue;
         channel
-            .exchange_declare(self.config.exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default())
+            .exchange_declare(
+                self.config.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
             .await?;
-        channel.exchange_declare(dlx.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
-        let durable_queue = QueueDeclareOptions { durable: true, ..Default::default() };
-        channel.queue_declare(dead.as_str().into(), durable_queue, FieldTable::default()).await?;
         channel
-            .queue_bind(dead.as_str().into(), dlx.as_str().into(), "".into(), QueueBindOptions::default(), FieldTable::default())
+            .exchange_declare(
+                dlx.as_str().into(),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        let durable_queue = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(dead.as_str().into(), durable_queue, FieldTable::default())
+            .await?;
+        channel
+            .queue_bind(
+                dead.as_str().into(),
+                dlx.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
 
         let mut arguments = FieldTable::default();
-        arguments.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(dlx.as_str().into()));
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(dlx.as_str().into()),
+        );
         if let Some(ms) = self.config.queue_expires_ms {
             arguments.insert("x-expires".into(), AMQPValue::LongUInt(ms));
         }
@@ -221,9 +269,16 @@ impl Broker {
             .await
             .map_err(|error| match error.kind() {
                 ErrorKind::ProtocolError(amqp)
-                    if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)) =>
+                    if matches!(
+                        amqp.kind(),
+                        AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+                    ) =>
                 {
-                    SessionError::QueueMismatch { queue: queue.clone(), dlx: dlx.clone(), detail: amqp.to_string() }
+                    SessionError::QueueMismatch {
+                        queue: queue.clone(),
+                        dlx: dlx.clone(),
+                        detail: amqp.to_string(),
+                    }
                 }
                 _ => SessionError::from(error),
             })?;
@@ -241,7 +296,11 @@ impl Broker {
         Ok(())
     }
 
-    async fn handle(&self, delivery: AmqpDelivery, publisher: &Channel) -> Result<(), SessionError> {
+    async fn handle(
+        &self,
+        delivery: AmqpDelivery,
+        publisher: &Channel,
+    ) -> Result<(), SessionError> {
         let properties = &delivery.properties;
         let source = Source {
             category: CategoryFrom::RoutingKey(delivery.routing_key.as_str()),
@@ -268,11 +327,24 @@ impl Broker {
     /// Republishes a rejected message to the dead-letter exchange with its reason, then acks it.
     /// If the broker does not confirm that, the message is rejected without requeue, so the
     /// queue's own dead-lettering still moves it (without the reason header): never a requeue loop.
-    async fn dead_letter(&self, delivery: AmqpDelivery, rejection: Rejection, publisher: &Channel) -> Result<(), SessionError> {
-        let category = delivery.routing_key.as_str().rsplit('.').next().unwrap_or("");
+    async fn dead_letter(
+        &self,
+        delivery: AmqpDelivery,
+        rejection: Rejection,
+        publisher: &Channel,
+    ) -> Result<(), SessionError> {
+        let category = delivery
+            .routing_key
+            .as_str()
+            .rsplit('.')
+            .next()
+            .unwrap_or("");
         self.metrics
             .dead_lettered
-            .get_or_create(&DeadLetterLabels { category: metric_category(category), reason: rejection.code() })
+            .get_or_create(&DeadLetterLabels {
+                category: metric_category(category),
+                reason: rejection.code(),
+            })
             .inc();
         tracing::warn!(
             reason = rejection.code(),
@@ -284,7 +356,10 @@ impl Broker {
             rejection.describe()
         );
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        headers.insert(REASON_HEADER.into(), AMQPValue::LongString(rejection.code().into()));
+        headers.insert(
+            REASON_HEADER.into(),
+            AMQPValue::LongString(rejection.code().into()),
+        );
         let properties = delivery.properties.clone().with_headers(headers);
         let confirmed = async {
             let confirm = publisher
@@ -303,8 +378,14 @@ impl Broker {
                 delivery.acker.ack(BasicAckOptions::default()).await?;
             }
             outcome => {
-                tracing::warn!(?outcome, "dead-letter publish not confirmed; rejecting without requeue instead");
-                delivery.acker.reject(BasicRejectOptions { requeue: false }).await?;
+                tracing::warn!(
+                    ?outcome,
+                    "dead-letter publish not confirmed; rejecting without requeue instead"
+                );
+                delivery
+                    .acker
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await?;
             }
         }
         Ok(())
@@ -350,7 +431,9 @@ impl Broker {
 }
 
 /// Resolves with the first connection-level error lapin reports.
-async fn connection_error(events: &mut (impl futures_util::Stream<Item = lapin::Event> + Unpin)) -> SessionError {
+async fn connection_error(
+    events: &mut (impl futures_util::Stream<Item = lapin::Event> + Unpin),
+) -> SessionError {
     loop {
         match events.next().await {
             Some(lapin::Event::Error(error)) => return SessionError::Amqp(error),
@@ -363,7 +446,11 @@ async fn connection_error(events: &mut (impl futures_util::Stream<Item = lapin::
 /// Connects to `RABBITMQ_URL` (TLS for `amqps://`, trusting `RABBITMQ_CA_FILE` too).
 pub async fn connect(config: &RabbitConfig) -> Result<Connection, ConnectError> {
     // Validated at start.
-    let mut uri: AMQPUri = config.url.expose().parse().expect("RABBITMQ_URL was validated");
+    let mut uri: AMQPUri = config
+        .url
+        .expose()
+        .parse()
+        .expect("RABBITMQ_URL was validated");
     uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
     let tls = match &config.ca_file {
         Some(path) => OwnedTLSConfig {
@@ -372,13 +459,16 @@ pub async fn connect(config: &RabbitConfig) -> Result<Connection, ConnectError> 
         },
         None => OwnedTLSConfig::default(),
     };
-    let properties =
-        ConnectionProperties::default().with_connection_name(format!("notify-bridge {}", config.queue).into());
+    let properties = ConnectionProperties::default()
+        .with_connection_name(format!("notify-bridge {}", config.queue).into());
     let runtime = lapin::runtime::default_runtime()?;
-    tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri_with_config(uri, properties, tls, runtime))
-        .await
-        .map_err(|_| ConnectError::Timeout(CONNECT_TIMEOUT))?
-        .map_err(ConnectError::from)
+    tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        Connection::connect_uri_with_config(uri, properties, tls, runtime),
+    )
+    .await
+    .map_err(|_| ConnectError::Timeout(CONNECT_TIMEOUT))?
+    .map_err(ConnectError::from)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -415,7 +505,9 @@ mod tests {
     fn backoff_grows_and_is_capped() {
         let cap = Duration::from_secs(30);
         for failures in 0..40 {
-            let ceiling = INITIAL_BACKOFF.saturating_mul(1u32 << failures.min(16)).min(cap);
+            let ceiling = INITIAL_BACKOFF
+                .saturating_mul(1u32 << failures.min(16))
+                .min(cap);
             let d = backoff(failures, cap);
             assert!(d <= ceiling && d >= ceiling / 2, "{failures}: {d:?}");
         }

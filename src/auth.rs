@@ -22,9 +22,16 @@ pub enum Role {
 pub enum Principal {
     /// Auth is disabled: every valid room is open.
     Anonymous,
-    Customer { id: String },
-    Staff { role: Role, sub: Option<String> },
-    Service { sub: Option<String> },
+    Customer {
+        id: String,
+    },
+    Staff {
+        role: Role,
+        sub: Option<String>,
+    },
+    Service {
+        sub: Option<String>,
+    },
 }
 
 impl Principal {
@@ -91,7 +98,10 @@ impl Authenticator {
                 // `exp` is required (the default) and enforced to the second: an expired token
                 // is refused at once rather than within a minute of leeway.
                 validation.leeway = 0;
-                Some((DecodingKey::from_secret(secret.expose().as_bytes()), validation))
+                Some((
+                    DecodingKey::from_secret(secret.expose().as_bytes()),
+                    validation,
+                ))
             }
         };
         Self { verifier }
@@ -120,8 +130,14 @@ impl Authenticator {
                 Some(id) if !id.is_empty() => Ok(Principal::Customer { id }),
                 _ => Err(AuthError::Invalid("customer token without sub".into())),
             },
-            "cms" => Ok(Principal::Staff { role: Role::Cms, sub }),
-            "admin" => Ok(Principal::Staff { role: Role::Admin, sub }),
+            "cms" => Ok(Principal::Staff {
+                role: Role::Cms,
+                sub,
+            }),
+            "admin" => Ok(Principal::Staff {
+                role: Role::Admin,
+                sub,
+            }),
             "service" => Ok(Principal::Service { sub }),
             other => Err(AuthError::Invalid(format!("unknown role {other:?}"))),
         }
@@ -145,17 +161,28 @@ mod tests {
     const SECRET: &str = "test-secret";
 
     fn auth() -> Authenticator {
-        let mode = crate::config::Config::from_vars([("JWT_SECRET", SECRET)]).unwrap().auth;
+        let mode = crate::config::Config::from_vars([("JWT_SECRET", SECRET)])
+            .unwrap()
+            .auth;
         assert!(matches!(mode, AuthMode::Required(Secret { .. })));
         Authenticator::new(&mode)
     }
 
     fn token(claims: serde_json::Value) -> String {
-        encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
     }
 
     fn in_an_hour() -> u64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600
     }
 
     fn room(name: &str) -> Room {
@@ -164,7 +191,9 @@ mod tests {
 
     #[test]
     fn a_customer_reads_only_its_own_room() {
-        let p = auth().authenticate(Some(&token(json!({"sub": 123, "exp": in_an_hour()})))).unwrap();
+        let p = auth()
+            .authenticate(Some(&token(json!({"sub": 123, "exp": in_an_hour()}))))
+            .unwrap();
         assert_eq!(p, Principal::Customer { id: "123".into() });
         assert!(p.can_read(&room("customer:123")));
         assert!(!p.can_read(&room("customer:456")));
@@ -175,10 +204,19 @@ mod tests {
     #[test]
     fn cms_and_admin_read_everything_service_reads_nothing() {
         for role in ["cms", "admin"] {
-            let p = auth().authenticate(Some(&token(json!({"role": role, "exp": in_an_hour()})))).unwrap();
-            assert!(p.can_read(&room("cms:stations")) && p.can_read(&room("customer:9")), "{role}");
+            let p = auth()
+                .authenticate(Some(&token(json!({"role": role, "exp": in_an_hour()}))))
+                .unwrap();
+            assert!(
+                p.can_read(&room("cms:stations")) && p.can_read(&room("customer:9")),
+                "{role}"
+            );
         }
-        let p = auth().authenticate(Some(&token(json!({"role": "service", "exp": in_an_hour()})))).unwrap();
+        let p = auth()
+            .authenticate(Some(&token(
+                json!({"role": "service", "exp": in_an_hour()}),
+            )))
+            .unwrap();
         assert!(!p.can_read(&room("cms:dashboard")));
         assert!(p.can_publish());
     }
@@ -197,8 +235,18 @@ mod tests {
             &EncodingKey::from_secret(b"other"),
         )
         .unwrap();
-        for bad in [expired, no_exp, unknown_role, customer_without_sub, wrong_key, "garbage".into()] {
-            assert!(matches!(a.authenticate(Some(&bad)), Err(AuthError::Invalid(_))), "{bad}");
+        for bad in [
+            expired,
+            no_exp,
+            unknown_role,
+            customer_without_sub,
+            wrong_key,
+            "garbage".into(),
+        ] {
+            assert!(
+                matches!(a.authenticate(Some(&bad)), Err(AuthError::Invalid(_))),
+                "{bad}"
+            );
         }
     }
 

@@ -21,7 +21,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(variable: &'static str, message: impl Into<String>) -> Self {
-        Self { variable, message: message.into() }
+        Self {
+            variable,
+            message: message.into(),
+        }
     }
 }
 
@@ -104,12 +107,19 @@ impl std::fmt::Debug for BrokerUrl {
 
 /// Masks the password of `scheme://user:password@host…`.
 fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else { return url.to_owned() };
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
     let rest = &url[scheme_end + 3..];
     let authority_end = rest.find('/').unwrap_or(rest.len());
     match rest[..authority_end].rfind('@') {
         Some(at) => match rest[..at].find(':') {
-            Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &rest[..colon], &rest[at..]),
+            Some(colon) => format!(
+                "{}{}:***{}",
+                &url[..scheme_end + 3],
+                &rest[..colon],
+                &rest[at..]
+            ),
             None => url.to_owned(),
         },
         None => url.to_owned(),
@@ -233,7 +243,10 @@ impl Config {
             .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
         validate_amqp_url(&url)?;
         let rabbitmq = RabbitConfig {
-            url: BrokerUrl { redacted: redact_url(&url), raw: Secret(url) },
+            url: BrokerUrl {
+                redacted: redact_url(&url),
+                raw: Secret(url),
+            },
             exchange: parse_name("RABBITMQ_EXCHANGE", raw.rabbitmq_exchange, "notifications")?,
             queue: parse_name("RABBITMQ_QUEUE", raw.rabbitmq_queue, "notifications")?,
             binding_keys: parse_binding_keys(raw.rabbitmq_binding_keys)?,
@@ -273,19 +286,42 @@ impl Config {
             }
         };
 
-        let max_message_bytes =
-            parse_num("MAX_MESSAGE_BYTES", raw.max_message_bytes, 131_072, 64, 64 << 20)?;
+        let max_message_bytes = parse_num(
+            "MAX_MESSAGE_BYTES",
+            raw.max_message_bytes,
+            131_072,
+            64,
+            64 << 20,
+        )?;
         Ok(Config {
             enable_rabbitmq: parse_bool("ENABLE_RABBITMQ", raw.enable_rabbitmq, false)?,
             rabbitmq,
             host,
             port,
             auth,
-            poll_interval_ms: parse_num("POLL_INTERVAL_MS", raw.poll_interval_ms, 10_000, 100, 86_400_000)?,
+            poll_interval_ms: parse_num(
+                "POLL_INTERVAL_MS",
+                raw.poll_interval_ms,
+                10_000,
+                100,
+                86_400_000,
+            )?,
             history: HistoryConfig {
                 per_room: parse_num("HISTORY_PER_ROOM", raw.history_per_room, 100, 0, 100_000)?,
-                max_rooms: parse_num("HISTORY_MAX_ROOMS", raw.history_max_rooms, 10_000, 1, 10_000_000)?,
-                max_total: parse_num("HISTORY_MAX_TOTAL", raw.history_max_total, 200_000, 1, 100_000_000)?,
+                max_rooms: parse_num(
+                    "HISTORY_MAX_ROOMS",
+                    raw.history_max_rooms,
+                    10_000,
+                    1,
+                    10_000_000,
+                )?,
+                max_total: parse_num(
+                    "HISTORY_MAX_TOTAL",
+                    raw.history_max_total,
+                    200_000,
+                    1,
+                    100_000_000,
+                )?,
                 room_idle: Duration::from_secs(parse_num(
                     "HISTORY_ROOM_IDLE_SECS",
                     raw.history_room_idle_secs,
@@ -294,10 +330,22 @@ impl Config {
                     31_536_000,
                 )?),
             },
-            dedupe_window: parse_num("DEDUPE_WINDOW", raw.dedupe_window, 10_000, 10_000, 10_000_000)?,
+            dedupe_window: parse_num(
+                "DEDUPE_WINDOW",
+                raw.dedupe_window,
+                10_000,
+                10_000,
+                10_000_000,
+            )?,
             cors: parse_cors(raw.cors_origins)?,
             limits: Limits {
-                max_connections: parse_num("MAX_CONNECTIONS", raw.max_connections, 20_000, 1, 10_000_000)?,
+                max_connections: parse_num(
+                    "MAX_CONNECTIONS",
+                    raw.max_connections,
+                    20_000,
+                    1,
+                    10_000_000,
+                )?,
                 max_rooms_per_socket: parse_num(
                     "MAX_ROOMS_PER_SOCKET",
                     raw.max_rooms_per_socket,
@@ -305,7 +353,13 @@ impl Config {
                     1,
                     100_000,
                 )?,
-                join_rate_per_sec: parse_num("JOIN_RATE_PER_SEC", raw.join_rate_per_sec, 20, 1, 1_000_000)?,
+                join_rate_per_sec: parse_num(
+                    "JOIN_RATE_PER_SEC",
+                    raw.join_rate_per_sec,
+                    20,
+                    1,
+                    1_000_000,
+                )?,
                 socket_buffer: parse_num("SOCKET_BUFFER", raw.socket_buffer, 256, 8, 1_000_000)?,
                 max_message_bytes,
             },
@@ -342,7 +396,11 @@ impl Config {
     }
 }
 
-fn parse_bool(variable: &'static str, value: Option<String>, default: bool) -> Result<bool, ConfigError> {
+fn parse_bool(
+    variable: &'static str,
+    value: Option<String>,
+    default: bool,
+) -> Result<bool, ConfigError> {
     match value.as_deref() {
         None => Ok(default),
         Some("true" | "1") => Ok(true),
@@ -354,14 +412,25 @@ fn parse_bool(variable: &'static str, value: Option<String>, default: bool) -> R
     }
 }
 
-fn parse_num<T>(variable: &'static str, value: Option<String>, default: T, min: T, max: T) -> Result<T, ConfigError>
+fn parse_num<T>(
+    variable: &'static str,
+    value: Option<String>,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError>
 where
     T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
 {
     Ok(parse_opt_num(variable, value, min, max)?.unwrap_or(default))
 }
 
-fn parse_opt_num<T>(variable: &'static str, value: Option<String>, min: T, max: T) -> Result<Option<T>, ConfigError>
+fn parse_opt_num<T>(
+    variable: &'static str,
+    value: Option<String>,
+    min: T,
+    max: T,
+) -> Result<Option<T>, ConfigError>
 where
     T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
 {
@@ -377,11 +446,13 @@ where
 
 /// Exchange and queue names: printable, no spaces, at most 200 bytes (AMQP allows 255 and we
 /// append `.dlx` / `.dead`).
-fn parse_name(variable: &'static str, value: Option<String>, default: &str) -> Result<String, ConfigError> {
+fn parse_name(
+    variable: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<String, ConfigError> {
     let name = value.unwrap_or_else(|| default.to_owned());
-    let valid = !name.is_empty()
-        && name.len() <= 200
-        && name.bytes().all(|b| b.is_ascii_graphic());
+    let valid = !name.is_empty() && name.len() <= 200 && name.bytes().all(|b| b.is_ascii_graphic());
     if valid {
         Ok(name)
     } else {
@@ -395,7 +466,10 @@ fn parse_name(variable: &'static str, value: Option<String>, default: &str) -> R
 fn parse_binding_keys(value: Option<String>) -> Result<Vec<String>, ConfigError> {
     let value = value.unwrap_or_else(|| "notification.*".to_owned());
     let keys: Vec<String> = value.split(',').map(|k| k.trim().to_owned()).collect();
-    if keys.iter().any(|k| k.is_empty() || k.len() > 255 || !k.bytes().all(|b| b.is_ascii_graphic())) {
+    if keys
+        .iter()
+        .any(|k| k.is_empty() || k.len() > 255 || !k.bytes().all(|b| b.is_ascii_graphic()))
+    {
         return Err(ConfigError::new(
             "RABBITMQ_BINDING_KEYS",
             format!("expected comma-separated routing key patterns, got {value:?}"),
@@ -404,11 +478,17 @@ fn parse_binding_keys(value: Option<String>) -> Result<Vec<String>, ConfigError>
     Ok(keys)
 }
 
-fn parse_file(variable: &'static str, value: Option<String>) -> Result<Option<PathBuf>, ConfigError> {
+fn parse_file(
+    variable: &'static str,
+    value: Option<String>,
+) -> Result<Option<PathBuf>, ConfigError> {
     match value.filter(|v| !v.is_empty()) {
         None => Ok(None),
         Some(path) if std::path::Path::new(&path).is_file() => Ok(Some(PathBuf::from(path))),
-        Some(path) => Err(ConfigError::new(variable, format!("no readable file at {path:?}"))),
+        Some(path) => Err(ConfigError::new(
+            variable,
+            format!("no readable file at {path:?}"),
+        )),
     }
 }
 
@@ -436,11 +516,18 @@ fn parse_cors(value: Option<String>) -> Result<CorsOrigins, ConfigError> {
     for origin in value.split(',').map(str::trim) {
         let valid = (origin.starts_with("http://") || origin.starts_with("https://"))
             && origin.parse::<axum::http::HeaderValue>().is_ok()
-            && !origin.trim_end_matches('/').split("://").nth(1).unwrap_or("").contains('/');
+            && !origin
+                .trim_end_matches('/')
+                .split("://")
+                .nth(1)
+                .unwrap_or("")
+                .contains('/');
         if !valid {
             return Err(ConfigError::new(
                 "CORS_ORIGINS",
-                format!("expected `*` or comma-separated origins like https://app.example.com, got {origin:?}"),
+                format!(
+                    "expected `*` or comma-separated origins like https://app.example.com, got {origin:?}"
+                ),
             ));
         }
         origins.push(origin.trim_end_matches('/').to_owned());
@@ -449,7 +536,9 @@ fn parse_cors(value: Option<String>) -> Result<CorsOrigins, ConfigError> {
 }
 
 fn parse_log_filter(value: Option<String>) -> Result<String, ConfigError> {
-    let filter = value.filter(|v| !v.is_empty()).unwrap_or_else(|| "info".to_owned());
+    let filter = value
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "info".to_owned());
     tracing_subscriber::EnvFilter::builder()
         .parse(&filter)
         .map_err(|e| ConfigError::new("RUST_LOG", format!("invalid filter {filter:?}: {e}")))?;
@@ -460,7 +549,10 @@ fn parse_log_filter(value: Option<String>) -> Result<String, ConfigError> {
 pub fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+        || host
+            .parse::<IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
 }
 
 /// Categories accepted on `POST /api/notifications`.
@@ -480,7 +572,10 @@ mod tests {
     fn defaults_follow_the_contract() {
         let c = config(&[]).unwrap();
         assert!(!c.enable_rabbitmq);
-        assert_eq!(c.rabbitmq.url.expose(), "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(
+            c.rabbitmq.url.expose(),
+            "amqp://guest:guest@127.0.0.1:5672/%2f"
+        );
         assert_eq!(c.rabbitmq.exchange, "notifications");
         assert_eq!(c.rabbitmq.queue, "notifications");
         assert_eq!(c.rabbitmq.binding_keys, ["notification.*"]);
@@ -532,26 +627,45 @@ mod tests {
         let err = config(&[("HOST", "0.0.0.0")]).unwrap_err();
         assert_eq!(err.variable, "JWT_SECRET");
         assert!(matches!(
-            config(&[("HOST", "0.0.0.0"), ("JWT_SECRET", "s")]).unwrap().auth,
+            config(&[("HOST", "0.0.0.0"), ("JWT_SECRET", "s")])
+                .unwrap()
+                .auth,
             AuthMode::Required(_)
         ));
         assert!(matches!(
-            config(&[("HOST", "0.0.0.0"), ("AUTH_DISABLED", "true")]).unwrap().auth,
+            config(&[("HOST", "0.0.0.0"), ("AUTH_DISABLED", "true")])
+                .unwrap()
+                .auth,
             AuthMode::Disabled(_)
         ));
         assert!(matches!(
-            config(&[("JWT_SECRET", "s"), ("AUTH_DISABLED", "true")]).unwrap().auth,
+            config(&[("JWT_SECRET", "s"), ("AUTH_DISABLED", "true")])
+                .unwrap()
+                .auth,
             AuthMode::Disabled(_)
         ));
         for host in ["127.0.0.1", "127.9.9.9", "::1", "[::1]", "localhost"] {
-            assert!(matches!(config(&[("HOST", host)]).unwrap().auth, AuthMode::Disabled(_)), "{host}");
+            assert!(
+                matches!(
+                    config(&[("HOST", host)]).unwrap().auth,
+                    AuthMode::Disabled(_)
+                ),
+                "{host}"
+            );
         }
     }
 
     #[test]
     fn the_password_never_reaches_debug_output() {
-        let c = config(&[("RABBITMQ_URL", "amqps://bridge:s3cret@mq.example.com:5671/notify")]).unwrap();
-        assert_eq!(c.rabbitmq.url.redacted(), "amqps://bridge:***@mq.example.com:5671/notify");
+        let c = config(&[(
+            "RABBITMQ_URL",
+            "amqps://bridge:s3cret@mq.example.com:5671/notify",
+        )])
+        .unwrap();
+        assert_eq!(
+            c.rabbitmq.url.redacted(),
+            "amqps://bridge:***@mq.example.com:5671/notify"
+        );
         assert!(!format!("{c:?}").contains("s3cret"));
         assert!(c.rabbitmq.url.is_tls());
         let err = config(&[("RABBITMQ_URL", "amqp://u:hunter2@[bad")]).unwrap_err();
@@ -560,15 +674,28 @@ mod tests {
 
     #[test]
     fn cors_origins_are_parsed() {
-        assert!(matches!(config(&[("CORS_ORIGINS", "*")]).unwrap().cors, CorsOrigins::Any));
-        match config(&[("CORS_ORIGINS", "https://a.example, http://localhost:5173")]).unwrap().cors {
-            CorsOrigins::List(list) => assert_eq!(list, ["https://a.example", "http://localhost:5173"]),
+        assert!(matches!(
+            config(&[("CORS_ORIGINS", "*")]).unwrap().cors,
+            CorsOrigins::Any
+        ));
+        match config(&[("CORS_ORIGINS", "https://a.example, http://localhost:5173")])
+            .unwrap()
+            .cors
+        {
+            CorsOrigins::List(list) => {
+                assert_eq!(list, ["https://a.example", "http://localhost:5173"])
+            }
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
     fn listen_address_brackets_ipv6() {
-        assert_eq!(config(&[("HOST", "::1"), ("PORT", "0")]).unwrap().listen_address(), "[::1]:0");
+        assert_eq!(
+            config(&[("HOST", "::1"), ("PORT", "0")])
+                .unwrap()
+                .listen_address(),
+            "[::1]:0"
+        );
     }
 }

@@ -60,7 +60,11 @@ struct Window<K> {
 
 impl<K: Hash + Eq + Clone> Window<K> {
     fn new(capacity: usize) -> Self {
-        Self { set: HashSet::new(), order: VecDeque::new(), capacity }
+        Self {
+            set: HashSet::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
     }
 
     /// `true` if `key` was already there; otherwise remembers it.
@@ -87,7 +91,10 @@ pub enum DedupeKey<'a> {
     /// No id: a fingerprint of routing key and body, checked only on broker redeliveries, so
     /// that a delivery that was emitted but not acked before a connection loss is not emitted
     /// twice, while two genuine identical notifications still both go out.
-    Fingerprint { hash: u64, redelivered: bool },
+    Fingerprint {
+        hash: u64,
+        redelivered: bool,
+    },
     None,
 }
 
@@ -104,19 +111,30 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    pub fn new(io: SocketIo, history: History, dedupe_window: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        io: SocketIo,
+        history: History,
+        dedupe_window: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let state = State {
             history,
             message_ids: Window::new(dedupe_window),
             fingerprints: Window::new(dedupe_window),
         };
-        Self { io, state: Mutex::new(state), metrics }
+        Self {
+            io,
+            state: Mutex::new(state),
+            metrics,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // Nothing under this lock panics on valid data; if something did, the state is still
         // consistent enough to keep serving.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn deliver(&self, env: &Envelope, key: DedupeKey<'_>) -> Outcome {
@@ -143,7 +161,11 @@ impl Delivery {
             for room in &env.rooms {
                 let item = self.build(&mut state.history, env, Some(room));
                 state.history.push(room, item.clone(), now);
-                emit_to(self.io.to(room.as_str().to_owned()).sockets(), &item, &mut stalled);
+                emit_to(
+                    self.io.to(room.as_str().to_owned()).sockets(),
+                    &item,
+                    &mut stalled,
+                );
                 copies += 1;
             }
             if env.broadcast {
@@ -155,7 +177,10 @@ impl Delivery {
             copies
         };
         self.metrics.consumed.get_or_create(&labels).inc();
-        self.metrics.emitted.get_or_create(&labels).inc_by(copies as u64);
+        self.metrics
+            .emitted
+            .get_or_create(&labels)
+            .inc_by(copies as u64);
         let lag = (OffsetDateTime::now_utc() - env.produced_at).as_seconds_f64();
         self.metrics.delivery_lag.observe(lag.max(0.0));
         self.drop_stalled(stalled);
@@ -230,7 +255,11 @@ impl Delivery {
     }
 }
 
-fn emit_to(sockets: impl IntoIterator<Item = SocketRef>, item: &Stored, stalled: &mut Vec<SocketRef>) {
+fn emit_to(
+    sockets: impl IntoIterator<Item = SocketRef>,
+    item: &Stored,
+    stalled: &mut Vec<SocketRef>,
+) {
     for socket in sockets {
         match socket.emit(EVENT, &*item.json) {
             Ok(()) => {}

@@ -13,7 +13,12 @@ use crate::delivery::{DedupeKey, Delivery};
 use crate::envelope::{self, CategoryFrom, Source};
 
 const CUSTOMERS: [u32; 5] = [101, 102, 103, 104, 105];
-const STATIONS: [&str; 4] = ["ST-Amsterdam-01", "ST-Utrecht-02", "ST-Rotterdam-03", "ST-Eindhoven-04"];
+const STATIONS: [&str; 4] = [
+    "ST-Amsterdam-01",
+    "ST-Utrecht-02",
+    "ST-Rotterdam-03",
+    "ST-Eindhoven-04",
+];
 const TICK: Duration = Duration::from_millis(1500);
 
 /// A charging session in progress.
@@ -36,7 +41,11 @@ pub async fn run(delivery: Arc<Delivery>, stop: CancellationToken) {
         }
         for (category, body) in next_events(&mut sessions, &mut next_session) {
             let key = format!("notification.{category}");
-            let source = Source { category: CategoryFrom::RoutingKey(&key), message_id: None, timestamp: None };
+            let source = Source {
+                category: CategoryFrom::RoutingKey(&key),
+                message_id: None,
+                timestamp: None,
+            };
             // The demo only builds bodies the parser accepts.
             match envelope::parse(body.to_string().as_bytes(), source, usize::MAX) {
                 Ok(env) => {
@@ -48,7 +57,10 @@ pub async fn run(delivery: Arc<Delivery>, stop: CancellationToken) {
     }
 }
 
-fn next_events(sessions: &mut Vec<Session>, next_session: &mut u32) -> Vec<(&'static str, serde_json::Value)> {
+fn next_events(
+    sessions: &mut Vec<Session>,
+    next_session: &mut u32,
+) -> Vec<(&'static str, serde_json::Value)> {
     let mut rng = rand::rng();
     let mut events = Vec::new();
     for session in sessions.iter_mut() {
@@ -66,7 +78,12 @@ fn next_events(sessions: &mut Vec<Session>, next_session: &mut u32) -> Vec<(&'st
     if roll < 0.35 && sessions.len() < 4 {
         let customer = *CUSTOMERS.choose(&mut rng).expect("non-empty");
         let station = *STATIONS.choose(&mut rng).expect("non-empty");
-        let session = Session { id: format!("s-{next_session}"), customer, station, kwh: 0.0 };
+        let session = Session {
+            id: format!("s-{next_session}"),
+            customer,
+            station,
+            kwh: 0.0,
+        };
         *next_session += 1;
         events.push((
             "session",
@@ -131,8 +148,13 @@ mod tests {
         for _ in 0..500 {
             for (category, body) in next_events(&mut sessions, &mut next) {
                 let key = format!("notification.{category}");
-                let source = Source { category: CategoryFrom::RoutingKey(&key), message_id: None, timestamp: None };
-                envelope::parse(body.to_string().as_bytes(), source, 131_072).expect("demo body parses");
+                let source = Source {
+                    category: CategoryFrom::RoutingKey(&key),
+                    message_id: None,
+                    timestamp: None,
+                };
+                envelope::parse(body.to_string().as_bytes(), source, 131_072)
+                    .expect("demo body parses");
             }
             assert!(sessions.len() <= 4);
         }

@@ -123,7 +123,8 @@ pub fn parse(body: &[u8], source: Source<'_>, max_bytes: usize) -> Result<Envelo
         return Err(Rejection::NotObject);
     }
     // Valid JSON object; the only way this fails is a duplicated known key.
-    let raw: RawBody<'_> = serde_json::from_str(whole.get()).map_err(|_| Rejection::InvalidField)?;
+    let raw: RawBody<'_> =
+        serde_json::from_str(whole.get()).map_err(|_| Rejection::InvalidField)?;
 
     let kind = match opt_string(raw.kind)? {
         None => return Err(Rejection::MissingType),
@@ -156,7 +157,9 @@ pub fn parse(body: &[u8], source: Source<'_>, max_bytes: usize) -> Result<Envelo
         push(Room::customer(&id).map_err(|_| Rejection::InvalidRoom)?);
     }
     for room in opt_array(raw.rooms)? {
-        let serde_json::Value::String(name) = room else { return Err(Rejection::InvalidField) };
+        let serde_json::Value::String(name) = room else {
+            return Err(Rejection::InvalidField);
+        };
         push(Room::parse(&name).map_err(|_| Rejection::InvalidRoom)?);
     }
     for name in default_rooms(&category) {
@@ -172,7 +175,9 @@ pub fn parse(body: &[u8], source: Source<'_>, max_bytes: usize) -> Result<Envelo
     };
 
     let message_id = match opt_string(raw.message_id)? {
-        Some(id) if id.is_empty() || id.len() > MAX_MESSAGE_ID_LEN => return Err(Rejection::InvalidField),
+        Some(id) if id.is_empty() || id.len() > MAX_MESSAGE_ID_LEN => {
+            return Err(Rejection::InvalidField);
+        }
         Some(id) => Some(id.into_boxed_str()),
         None => source
             .message_id
@@ -211,7 +216,9 @@ pub fn parse(body: &[u8], source: Source<'_>, max_bytes: usize) -> Result<Envelo
 /// RFC 3339 in UTC with a `Z` and at most millisecond precision, as JavaScript's `Date` writes it.
 pub fn format_rfc3339(at: OffsetDateTime) -> String {
     let at = at.to_offset(time::UtcOffset::UTC);
-    let at = at.replace_nanosecond(at.millisecond() as u32 * 1_000_000).unwrap_or(at);
+    let at = at
+        .replace_nanosecond(at.millisecond() as u32 * 1_000_000)
+        .unwrap_or(at);
     // Formatting a UTC instant with a four-digit year cannot fail.
     at.format(&Rfc3339).unwrap_or_default()
 }
@@ -219,7 +226,9 @@ pub fn format_rfc3339(at: OffsetDateTime) -> String {
 fn opt_string(v: Option<&RawValue>) -> Result<Option<String>, Rejection> {
     match v {
         None => Ok(None),
-        Some(v) => serde_json::from_str::<Option<String>>(v.get()).map_err(|_| Rejection::InvalidField),
+        Some(v) => {
+            serde_json::from_str::<Option<String>>(v.get()).map_err(|_| Rejection::InvalidField)
+        }
     }
 }
 
@@ -237,7 +246,11 @@ mod tests {
     use super::*;
 
     fn amqp(routing_key: &str) -> Source<'_> {
-        Source { category: CategoryFrom::RoutingKey(routing_key), message_id: None, timestamp: None }
+        Source {
+            category: CategoryFrom::RoutingKey(routing_key),
+            message_id: None,
+            timestamp: None,
+        }
     }
 
     fn parse_amqp(body: &str, key: &str) -> Result<Envelope, Rejection> {
@@ -260,7 +273,13 @@ mod tests {
         assert_eq!(env.data.as_ref().unwrap().get(), r#"{"kwh":0}"#);
         assert_eq!(
             names(&env),
-            ["customer:123", "customer:456", "cms:stations", "cms:dashboard", "cms:sessions"]
+            [
+                "customer:123",
+                "customer:456",
+                "cms:stations",
+                "cms:dashboard",
+                "cms:sessions"
+            ]
         );
         assert!(!env.broadcast);
         assert_eq!(env.message_id, None);
@@ -268,7 +287,11 @@ mod tests {
 
     #[test]
     fn duplicate_rooms_are_emitted_once() {
-        let env = parse_amqp(r#"{"type":"t","recipients":[1,"1"],"rooms":["cms:dashboard"]}"#, "notification.x").unwrap();
+        let env = parse_amqp(
+            r#"{"type":"t","recipients":[1,"1"],"rooms":["cms:dashboard"]}"#,
+            "notification.x",
+        )
+        .unwrap();
         assert_eq!(names(&env), ["customer:1", "cms:dashboard"]);
     }
 
@@ -283,26 +306,45 @@ mod tests {
             (r#"{"type":null}"#, Rejection::MissingType),
             (r#"{"type":""}"#, Rejection::MissingType),
             (r#"{"type":5}"#, Rejection::InvalidField),
-            (r#"{"type":"t","recipients":"123"}"#, Rejection::InvalidField),
-            (r#"{"type":"t","recipients":[true]}"#, Rejection::InvalidField),
-            (r#"{"type":"t","recipients":["a b"]}"#, Rejection::InvalidRoom),
+            (
+                r#"{"type":"t","recipients":"123"}"#,
+                Rejection::InvalidField,
+            ),
+            (
+                r#"{"type":"t","recipients":[true]}"#,
+                Rejection::InvalidField,
+            ),
+            (
+                r#"{"type":"t","recipients":["a b"]}"#,
+                Rejection::InvalidRoom,
+            ),
             (r#"{"type":"t","recipients":[1.5]}"#, Rejection::InvalidRoom),
             (r#"{"type":"t","rooms":["lobby"]}"#, Rejection::InvalidRoom),
             (r#"{"type":"t","rooms":[1]}"#, Rejection::InvalidField),
             (r#"{"type":"t","broadcast":"yes"}"#, Rejection::InvalidField),
             (r#"{"type":"t","messageId":7}"#, Rejection::InvalidField),
-            (r#"{"type":"t","timestamp":"yesterday"}"#, Rejection::InvalidField),
+            (
+                r#"{"type":"t","timestamp":"yesterday"}"#,
+                Rejection::InvalidField,
+            ),
             (r#"{"type":"t","type":"u"}"#, Rejection::InvalidField),
         ];
         for (body, want) in cases {
-            assert_eq!(parse_amqp(body, "notification.session").unwrap_err(), want, "{body}");
+            assert_eq!(
+                parse_amqp(body, "notification.session").unwrap_err(),
+                want,
+                "{body}"
+            );
         }
     }
 
     #[test]
     fn too_large_is_checked_before_parsing() {
         let body = format!(r#"{{"type":"t","data":"{}"}}"#, "x".repeat(200));
-        assert_eq!(parse(body.as_bytes(), amqp("notification.a"), 100).unwrap_err(), Rejection::TooLarge);
+        assert_eq!(
+            parse(body.as_bytes(), amqp("notification.a"), 100).unwrap_err(),
+            Rejection::TooLarge
+        );
         assert!(parse(body.as_bytes(), amqp("notification.a"), body.len()).is_ok());
     }
 
@@ -313,7 +355,12 @@ mod tests {
             message_id: Some("prop-id"),
             timestamp: Some(1_700_000_000),
         };
-        let env = parse(br#"{"type":"t","messageId":"body-id","timestamp":"2026-11-22T10:00:00Z"}"#, source, 1024).unwrap();
+        let env = parse(
+            br#"{"type":"t","messageId":"body-id","timestamp":"2026-11-22T10:00:00Z"}"#,
+            source,
+            1024,
+        )
+        .unwrap();
         assert_eq!(env.message_id.as_deref(), Some("body-id"));
         assert_eq!(&*env.timestamp, "2026-11-22T10:00:00Z");
 
@@ -324,7 +371,11 @@ mod tests {
 
     #[test]
     fn null_data_and_missing_fields_become_none() {
-        let env = parse_amqp(r#"{"type":"t","data":null,"broadcast":null}"#, "notification.customer").unwrap();
+        let env = parse_amqp(
+            r#"{"type":"t","data":null,"broadcast":null}"#,
+            "notification.customer",
+        )
+        .unwrap();
         assert!(env.data.is_none());
         assert!(!env.broadcast);
         assert_eq!(names(&env), ["cms:dashboard"]);
@@ -334,10 +385,31 @@ mod tests {
     #[test]
     fn http_ingest_takes_the_category_from_the_body() {
         let body = br#"{"type":"t","category":"charger"}"#;
-        let env = parse(body, Source { category: CategoryFrom::Body, message_id: None, timestamp: None }, 1024).unwrap();
+        let env = parse(
+            body,
+            Source {
+                category: CategoryFrom::Body,
+                message_id: None,
+                timestamp: None,
+            },
+            1024,
+        )
+        .unwrap();
         assert_eq!(&*env.category, "charger");
-        for bad in [r#"{"type":"t"}"#, r#"{"type":"t","category":"a.b"}"#, r#"{"type":"t","category":3}"#] {
-            let got = parse(bad.as_bytes(), Source { category: CategoryFrom::Body, message_id: None, timestamp: None }, 1024);
+        for bad in [
+            r#"{"type":"t"}"#,
+            r#"{"type":"t","category":"a.b"}"#,
+            r#"{"type":"t","category":3}"#,
+        ] {
+            let got = parse(
+                bad.as_bytes(),
+                Source {
+                    category: CategoryFrom::Body,
+                    message_id: None,
+                    timestamp: None,
+                },
+                1024,
+            );
             assert_eq!(got.unwrap_err(), Rejection::InvalidField, "{bad}");
         }
     }
@@ -354,9 +426,12 @@ mod properties {
             Just(serde_json::Value::Null),
             any::<bool>().prop_map(serde_json::Value::from),
             any::<i64>().prop_map(serde_json::Value::from),
-            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(serde_json::Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(serde_json::Value::from),
             "[a-z:0-9 _.-]{0,70}".prop_map(serde_json::Value::from),
-            prop_oneof!["customer:[A-Za-z0-9_-]{1,64}", "cms:[a-z0-9_-]{1,32}"].prop_map(serde_json::Value::from),
+            prop_oneof!["customer:[A-Za-z0-9_-]{1,64}", "cms:[a-z0-9_-]{1,32}"]
+                .prop_map(serde_json::Value::from),
         ];
         leaf.prop_recursive(3, 32, 6, |inner| {
             prop_oneof![
@@ -382,8 +457,15 @@ mod properties {
     }
 
     fn check(body: &[u8]) -> Result<(), TestCaseError> {
-        for category in [CategoryFrom::RoutingKey("notification.session"), CategoryFrom::Body] {
-            let source = Source { category, message_id: Some("m"), timestamp: Some(u64::MAX) };
+        for category in [
+            CategoryFrom::RoutingKey("notification.session"),
+            CategoryFrom::Body,
+        ] {
+            let source = Source {
+                category,
+                message_id: Some("m"),
+                timestamp: Some(u64::MAX),
+            };
             if let Ok(env) = parse(body, source, 4096) {
                 // Whatever is accepted is routed to valid rooms and carries a type.
                 prop_assert!(!env.kind.is_empty());

@@ -103,10 +103,16 @@ impl History {
         let seq = item.seq;
         if !self.rooms.contains_key(room) {
             while self.rooms.len() >= self.config.max_rooms {
-                let Some((_, lru)) = self.by_last_write.pop_first() else { break };
+                let Some((_, lru)) = self.by_last_write.pop_first() else {
+                    break;
+                };
                 self.drop_room(&lru);
             }
-            let log = RoomLog { items: VecDeque::new(), last_seq: seq, last_write: now };
+            let log = RoomLog {
+                items: VecDeque::new(),
+                last_seq: seq,
+                last_write: now,
+            };
             self.rooms.insert(room.clone(), log);
         }
         // Inserted just above if it was missing.
@@ -127,8 +133,12 @@ impl History {
 
     fn enforce_total(&mut self) {
         while self.total > self.config.max_total {
-            let Some((seq, room)) = self.order.pop_front() else { break };
-            let Some(log) = self.rooms.get_mut(&room) else { continue };
+            let Some((seq, room)) = self.order.pop_front() else {
+                break;
+            };
+            let Some(log) = self.rooms.get_mut(&room) else {
+                continue;
+            };
             if log.items.front().is_some_and(|first| first.seq == seq) {
                 log.items.pop_front();
                 self.total -= 1;
@@ -203,7 +213,11 @@ impl History {
             Some(last) => self.id_of(last.seq),
             None => self.head_cursor(),
         };
-        Page { items, cursor, reset }
+        Page {
+            items,
+            cursor,
+            reset,
+        }
     }
 
     /// Everything retained for `room` after `after` (all of it, with `reset`, if the cursor is
@@ -233,7 +247,9 @@ fn after_in(items: &VecDeque<Arc<Stored>>, after: u64) -> impl Iterator<Item = &
 fn random_epoch() -> String {
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut rng = rand::rng();
-    (0..6).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..6)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 #[cfg(test)]
@@ -241,7 +257,12 @@ mod tests {
     use super::*;
 
     fn config(per_room: usize, max_rooms: usize, max_total: usize) -> HistoryConfig {
-        HistoryConfig { per_room, max_rooms, max_total, room_idle: Duration::from_secs(60) }
+        HistoryConfig {
+            per_room,
+            max_rooms,
+            max_total,
+            room_idle: Duration::from_secs(60),
+        }
     }
 
     fn room(name: &str) -> Room {
@@ -278,7 +299,10 @@ mod tests {
         let now = Instant::now();
         let ids: Vec<String> = (0..5).map(|_| store(&mut h, "customer:1", now)).collect();
         let page = h.read(&[room("customer:1")], None, 3);
-        assert_eq!((seqs(&page), page.cursor.as_str(), page.reset), (vec![1, 2, 3], "e-3", false));
+        assert_eq!(
+            (seqs(&page), page.cursor.as_str(), page.reset),
+            (vec![1, 2, 3], "e-3", false)
+        );
         let page = h.read(&[room("customer:1")], Some(&ids[2]), 100);
         assert_eq!(seqs(&page), [4, 5]);
         let page = h.read(&[room("customer:1")], Some(&ids[4]), 100);
@@ -289,10 +313,24 @@ mod tests {
     fn several_rooms_merge_in_delivery_order() {
         let mut h = History::with_epoch(config(10, 10, 100), "e".into());
         let now = Instant::now();
-        for r in ["customer:1", "cms:dashboard", "customer:1", "customer:2", "cms:dashboard"] {
+        for r in [
+            "customer:1",
+            "cms:dashboard",
+            "customer:1",
+            "customer:2",
+            "cms:dashboard",
+        ] {
             store(&mut h, r, now);
         }
-        let page = h.read(&[room("cms:dashboard"), room("customer:1"), room("customer:1")], None, 100);
+        let page = h.read(
+            &[
+                room("cms:dashboard"),
+                room("customer:1"),
+                room("customer:1"),
+            ],
+            None,
+            100,
+        );
         assert_eq!(seqs(&page), [1, 2, 3, 5]);
     }
 

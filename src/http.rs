@@ -42,7 +42,11 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -51,7 +55,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.code, "message": self.message }))).into_response()
+        (
+            self.status,
+            Json(json!({ "error": self.code, "message": self.message })),
+        )
+            .into_response()
     }
 }
 
@@ -73,11 +81,19 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         // One byte over the limit is enough to tell "too large"; the rest is never read.
-        .layer(DefaultBodyLimit::max(app.config.limits.max_message_bytes + 1))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(DefaultBodyLimit::max(
+            app.config.limits.max_message_bytes + 1,
+        ))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
         .route_layer(middleware::from_fn_with_state(app.clone(), track));
     let pages = ServeDir::new(&app.config.public_dir).append_index_html_on_directories(true);
-    Router::new().merge(api).fallback_service(pages).with_state(app)
+    Router::new()
+        .merge(api)
+        .fallback_service(pages)
+        .with_state(app)
 }
 
 /// CORS for both the API and Socket.IO's polling transport, from `CORS_ORIGINS`.
@@ -87,7 +103,8 @@ pub fn cors(origins: &CorsOrigins) -> Option<CorsLayer> {
         CorsOrigins::Any => AllowOrigin::from(Any),
         CorsOrigins::List(list) => AllowOrigin::list(
             // Each origin was validated as a header value at start.
-            list.iter().map(|o| HeaderValue::from_str(o).expect("validated origin")),
+            list.iter()
+                .map(|o| HeaderValue::from_str(o).expect("validated origin")),
         ),
     };
     Some(
@@ -99,11 +116,20 @@ pub fn cors(origins: &CorsOrigins) -> Option<CorsLayer> {
     )
 }
 
-async fn track(State(app): State<Arc<AppState>>, route: MatchedPath, request: Request, next: Next) -> Response {
+async fn track(
+    State(app): State<Arc<AppState>>,
+    route: MatchedPath,
+    request: Request,
+    next: Next,
+) -> Response {
     let method = request.method().to_string();
     let route = route.as_str().to_owned();
     let response = next.run(request).await;
-    let labels = HttpLabels { method, route, status: response.status().as_u16() };
+    let labels = HttpLabels {
+        method,
+        route,
+        status: response.status().as_u16(),
+    };
     app.metrics.http_requests.get_or_create(&labels).inc();
     response
 }
@@ -117,11 +143,19 @@ async fn config(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
 }
 
 fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    app.auth.authenticate(bearer_token(header)).map_err(|error| {
-        tracing::debug!(%error, "request refused");
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required")
-    })
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    app.auth
+        .authenticate(bearer_token(header))
+        .map_err(|error| {
+            tracing::debug!(%error, "request refused");
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required",
+            )
+        })
 }
 
 #[derive(Serialize)]
@@ -131,33 +165,51 @@ struct PollResponse<'a> {
     reset: bool,
 }
 
-async fn poll(State(app): State<Arc<AppState>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+async fn poll(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
     let principal = authenticate(&app, &headers)?;
     let mut rooms = Vec::new();
     let mut after = None;
     let mut limit = DEFAULT_LIMIT;
     for (key, value) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
         match &*key {
-            "room" => rooms.push(
-                Room::parse(&value)
-                    .map_err(|_| ApiError::bad_request("invalid_room", format!("{value:?} is not a valid room name")))?,
-            ),
+            "room" => rooms.push(Room::parse(&value).map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_room",
+                    format!("{value:?} is not a valid room name"),
+                )
+            })?),
             "after" => after = Some(value.into_owned()),
             "limit" => {
                 limit = value
                     .parse()
                     .ok()
                     .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| ApiError::bad_request("invalid_limit", format!("limit must be 1 to {MAX_LIMIT}")))?;
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid_limit",
+                            format!("limit must be 1 to {MAX_LIMIT}"),
+                        )
+                    })?;
             }
             _ => {}
         }
     }
     if rooms.is_empty() {
-        return Err(ApiError::bad_request("missing_room", "at least one room parameter is required"));
+        return Err(ApiError::bad_request(
+            "missing_room",
+            "at least one room parameter is required",
+        ));
     }
     if let Some(room) = rooms.iter().find(|room| !principal.can_read(room)) {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("not allowed to read {room}")));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("not allowed to read {room}"),
+        ));
     }
     let page = app.delivery.read(&rooms, after.as_deref(), limit);
     let body = PollResponse {
@@ -175,24 +227,39 @@ async fn ingest(
 ) -> Result<Response, ApiError> {
     let principal = authenticate(&app, &headers)?;
     if !principal.can_publish() {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "only the service role may publish"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only the service role may publish",
+        ));
     }
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::from(Rejection::TooLarge),
         _ => ApiError::bad_request("invalid_body", rejection.body_text()),
     })?;
-    let source = Source { category: CategoryFrom::Body, message_id: None, timestamp: None };
+    let source = Source {
+        category: CategoryFrom::Body,
+        message_id: None,
+        timestamp: None,
+    };
     let envelope = envelope::parse(&body, source, app.config.limits.max_message_bytes)?;
     match &app.broker {
         Some(broker) => {
             let routing_key = format!("notification.{}", envelope.category);
             broker.publish(&routing_key, &body).await.map_err(|error| {
                 tracing::warn!(%error, "ingest: publish failed");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", error.to_string())
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "broker_unavailable",
+                    error.to_string(),
+                )
             })?;
         }
         None => {
-            let key = envelope.message_id.as_deref().map_or(DedupeKey::None, DedupeKey::MessageId);
+            let key = envelope
+                .message_id
+                .as_deref()
+                .map_or(DedupeKey::None, DedupeKey::MessageId);
             app.delivery.deliver(&envelope, key);
         }
     }
@@ -206,14 +273,19 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     match app.readiness.check() {
         Ok(()) => Json(json!({ "status": "ready" })).into_response(),
-        Err(reason) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason).into_response(),
+        Err(reason) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason).into_response()
+        }
     }
 }
 
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     app.delivery.housekeeping_gauges();
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         app.metrics.encode(),
     )
         .into_response()

@@ -64,20 +64,34 @@ const MAX_CLIENT_PACKET_BYTES: usize = 16 * 1024;
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Serves on `listener` until `shutdown` is cancelled, then drains within `SHUTDOWN_TIMEOUT_MS`.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let address = listener.local_addr().context("reading the listener's address")?;
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let address = listener
+        .local_addr()
+        .context("reading the listener's address")?;
     warn_about_risky_settings(&config);
 
     let metrics = Arc::new(Metrics::new());
     // A socket's buffer must hold a full replay of one room on top of live traffic.
-    let socket_buffer = config.limits.socket_buffer.max(config.history.per_room + 32);
+    let socket_buffer = config
+        .limits
+        .socket_buffer
+        .max(config.history.per_room + 32);
     let (socket_layer, io) = SocketIo::builder()
         .max_buffer_size(socket_buffer)
         .max_payload(MAX_CLIENT_PACKET_BYTES as u64)
         .ws_max_message_size(MAX_CLIENT_PACKET_BYTES)
         .build_layer();
     let history = History::new(config.history.clone());
-    let delivery = Arc::new(Delivery::new(io.clone(), history, config.dedupe_window, metrics.clone()));
+    let delivery = Arc::new(Delivery::new(
+        io.clone(),
+        history,
+        config.dedupe_window,
+        metrics.clone(),
+    ));
 
     let (readiness, broker) = if config.enable_rabbitmq {
         let readiness = Readiness::not_ready("connecting to RabbitMQ");
@@ -116,8 +130,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     }
 
     let server_stop = CancellationToken::new();
-    let server = axum::serve(listener, router)
-        .with_graceful_shutdown(server_stop.clone().cancelled_owned());
+    let server =
+        axum::serve(listener, router).with_graceful_shutdown(server_stop.clone().cancelled_owned());
     let mut server = tokio::spawn(server.into_future());
     tracing::info!(
         %address,
@@ -147,7 +161,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         server_stop.cancel();
         let _ = (&mut server).await;
     };
-    if tokio::time::timeout(app.config.shutdown_timeout, drain).await.is_err() {
+    if tokio::time::timeout(app.config.shutdown_timeout, drain)
+        .await
+        .is_err()
+    {
         tracing::warn!(timeout = ?app.config.shutdown_timeout, "shutdown timed out; closing remaining connections");
         server.abort();
     }

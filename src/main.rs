@@ -9,7 +9,10 @@ use notify_bridge::config::Config;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(version, about = "RabbitMQ-to-Socket.IO notification bridge. Configured from the environment (see .env.example).")]
+#[command(
+    version,
+    about = "RabbitMQ-to-Socket.IO notification bridge. Configured from the environment (see .env.example)."
+)]
 struct Cli {
     /// Feed sample EV-charging events (same as DEMO=true).
     #[arg(long)]
@@ -51,8 +54,13 @@ async fn main() -> ExitCode {
     config.demo |= cli.demo;
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
-        Command::Publish { routing_key, json, file } => {
-            notify_bridge::tools::publish(&config, &routing_key, json.as_deref(), file.as_deref()).await
+        Command::Publish {
+            routing_key,
+            json,
+            file,
+        } => {
+            notify_bridge::tools::publish(&config, &routing_key, json.as_deref(), file.as_deref())
+                .await
         }
         Command::Healthcheck => notify_bridge::tools::healthcheck(&config).await,
     };
@@ -82,7 +90,8 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     #[cfg(unix)]
     {
         // Installing a SIGTERM handler only fails if the runtime has no signal driver.
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

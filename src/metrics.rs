@@ -72,18 +72,66 @@ impl Metrics {
         let delivery_lag = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let http_requests = Family::default();
 
-        registry.register("notifications_consumed", "Notifications accepted from RabbitMQ or HTTP", consumed.clone());
-        registry.register("notifications_emitted", "Notification copies emitted, one per target room", emitted.clone());
-        registry.register("notifications_dead_lettered", "Messages sent to the dead-letter queue", dead_lettered.clone());
-        registry.register("notifications_deduplicated", "Notifications dropped as already seen (messageId)", deduplicated.clone());
-        registry.register("sockets_connected", "Socket.IO sockets connected", sockets_connected.clone());
-        registry.register("sockets_stalled", "Sockets removed from their rooms because they stopped reading", sockets_stalled.clone());
-        registry.register("history_rooms", "Rooms with retained history", history_rooms.clone());
-        registry.register("history_notifications", "Notifications retained in history", history_notifications.clone());
-        registry.register("broker_connected", "1 while consuming from RabbitMQ", broker_connected.clone());
-        registry.register("broker_reconnects", "Connections to RabbitMQ lost and retried", broker_reconnects.clone());
-        registry.register("delivery_lag_seconds", "Seconds from a notification's timestamp to its emit", delivery_lag.clone());
-        registry.register("http_requests", "HTTP requests by route and status", http_requests.clone());
+        registry.register(
+            "notifications_consumed",
+            "Notifications accepted from RabbitMQ or HTTP",
+            consumed.clone(),
+        );
+        registry.register(
+            "notifications_emitted",
+            "Notification copies emitted, one per target room",
+            emitted.clone(),
+        );
+        registry.register(
+            "notifications_dead_lettered",
+            "Messages sent to the dead-letter queue",
+            dead_lettered.clone(),
+        );
+        registry.register(
+            "notifications_deduplicated",
+            "Notifications dropped as already seen (messageId)",
+            deduplicated.clone(),
+        );
+        registry.register(
+            "sockets_connected",
+            "Socket.IO sockets connected",
+            sockets_connected.clone(),
+        );
+        registry.register(
+            "sockets_stalled",
+            "Sockets removed from their rooms because they stopped reading",
+            sockets_stalled.clone(),
+        );
+        registry.register(
+            "history_rooms",
+            "Rooms with retained history",
+            history_rooms.clone(),
+        );
+        registry.register(
+            "history_notifications",
+            "Notifications retained in history",
+            history_notifications.clone(),
+        );
+        registry.register(
+            "broker_connected",
+            "1 while consuming from RabbitMQ",
+            broker_connected.clone(),
+        );
+        registry.register(
+            "broker_reconnects",
+            "Connections to RabbitMQ lost and retried",
+            broker_reconnects.clone(),
+        );
+        registry.register(
+            "delivery_lag_seconds",
+            "Seconds from a notification's timestamp to its emit",
+            delivery_lag.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            http_requests.clone(),
+        );
 
         Self {
             registry,
@@ -103,14 +151,17 @@ impl Metrics {
     }
 
     pub fn category(category: &str) -> CategoryLabels {
-        CategoryLabels { category: metric_category(category) }
+        CategoryLabels {
+            category: metric_category(category),
+        }
     }
 
     /// The text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encode metrics");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encode metrics");
         out
     }
 }

@@ -11,11 +11,15 @@ pub struct Readiness {
 
 impl Readiness {
     pub fn not_ready(reason: impl Into<String>) -> Self {
-        Self { state: Arc::new(Mutex::new(Some(reason.into()))) }
+        Self {
+            state: Arc::new(Mutex::new(Some(reason.into()))),
+        }
     }
 
     pub fn ready() -> Self {
-        Self { state: Arc::new(Mutex::new(None)) }
+        Self {
+            state: Arc::new(Mutex::new(None)),
+        }
     }
 
     pub fn set_ready(&self) {

@@ -22,13 +22,15 @@ const CMS_PREFIX: &str = "cms:";
 pub fn is_token(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn is_cms_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 32
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 impl Room {
@@ -40,7 +42,11 @@ impl Room {
         } else {
             false
         };
-        if valid { Ok(Room(name.into())) } else { Err(InvalidRoom) }
+        if valid {
+            Ok(Room(name.into()))
+        } else {
+            Err(InvalidRoom)
+        }
     }
 
     /// The room of one customer: `customer:<id>`.
@@ -111,10 +117,19 @@ mod tests {
 
     #[test]
     fn customer_rooms_accept_the_id_grammar() {
-        for ok in ["customer:123", "customer:a-B_9", &format!("customer:{}", "x".repeat(64))] {
+        for ok in [
+            "customer:123",
+            "customer:a-B_9",
+            &format!("customer:{}", "x".repeat(64)),
+        ] {
             assert!(Room::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["customer:", "customer:a b", "customer:é", &format!("customer:{}", "x".repeat(65))] {
+        for bad in [
+            "customer:",
+            "customer:a b",
+            "customer:é",
+            &format!("customer:{}", "x".repeat(65)),
+        ] {
             assert_eq!(Room::parse(bad), Err(InvalidRoom), "{bad}");
         }
     }
@@ -123,7 +138,12 @@ mod tests {
     fn cms_rooms_are_lowercase_and_short() {
         assert!(Room::parse("cms:dashboard").is_ok());
         assert!(Room::parse("cms:a_b-9").is_ok());
-        for bad in ["cms:", "cms:Dashboard", "cms:a:b", &format!("cms:{}", "x".repeat(33))] {
+        for bad in [
+            "cms:",
+            "cms:Dashboard",
+            "cms:a:b",
+            &format!("cms:{}", "x".repeat(33)),
+        ] {
             assert_eq!(Room::parse(bad), Err(InvalidRoom), "{bad}");
         }
     }

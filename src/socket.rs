@@ -41,10 +41,17 @@ pub fn attach(io: &SocketIo, app: Arc<AppState>) {
 
 fn authenticate(app: &AppState, socket: &SocketRef, auth: Option<Value>) -> Result<(), Refusal> {
     if app.metrics.sockets_connected.get() as usize >= app.config.limits.max_connections {
-        tracing::warn!(limit = app.config.limits.max_connections, "connection refused: MAX_CONNECTIONS reached");
+        tracing::warn!(
+            limit = app.config.limits.max_connections,
+            "connection refused: MAX_CONNECTIONS reached"
+        );
         return Err(Refusal::ServerFull);
     }
-    let from_auth = auth.as_ref().and_then(|a| a.get("token")).and_then(Value::as_str).map(str::to_owned);
+    let from_auth = auth
+        .as_ref()
+        .and_then(|a| a.get("token"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let token = from_auth.or_else(|| query_token(socket.req_parts().uri.query()));
     match app.auth.authenticate(token.as_deref()) {
         Ok(principal) => {
@@ -72,26 +79,35 @@ fn on_connect(app: Arc<AppState>, socket: SocketRef) {
         async {}
     });
 
-    let limiter = Arc::new(Mutex::new(JoinLimiter::new(app.config.limits.join_rate_per_sec)));
+    let limiter = Arc::new(Mutex::new(JoinLimiter::new(
+        app.config.limits.join_rate_per_sec,
+    )));
     let for_join = app.clone();
-    socket.on("join-room", move |socket: SocketRef, TryData(arg): TryData<Value>, ack: AckSender| {
-        let app = for_join.clone();
-        let limiter = limiter.clone();
-        async move {
-            let reply = join_room(&app, &socket, arg.unwrap_or(Value::Null), &limiter);
-            let _ = ack.send(&reply);
-        }
-    });
-    socket.on("leave-room", move |socket: SocketRef, TryData(arg): TryData<Value>, ack: AckSender| async move {
-        let reply = match room_of(&arg.unwrap_or(Value::Null)).and_then(|r| Room::parse(r).ok()) {
-            Some(room) => {
-                socket.leave(room.as_str().to_owned());
-                json!({ "ok": true })
+    socket.on(
+        "join-room",
+        move |socket: SocketRef, TryData(arg): TryData<Value>, ack: AckSender| {
+            let app = for_join.clone();
+            let limiter = limiter.clone();
+            async move {
+                let reply = join_room(&app, &socket, arg.unwrap_or(Value::Null), &limiter);
+                let _ = ack.send(&reply);
             }
-            None => json!({ "ok": false, "error": "invalid_room" }),
-        };
-        let _ = ack.send(&reply);
-    });
+        },
+    );
+    socket.on(
+        "leave-room",
+        move |socket: SocketRef, TryData(arg): TryData<Value>, ack: AckSender| async move {
+            let reply = match room_of(&arg.unwrap_or(Value::Null)).and_then(|r| Room::parse(r).ok())
+            {
+                Some(room) => {
+                    socket.leave(room.as_str().to_owned());
+                    json!({ "ok": true })
+                }
+                None => json!({ "ok": false, "error": "invalid_room" }),
+            };
+            let _ = ack.send(&reply);
+        },
+    );
 }
 
 /// The room named by a `join-room` / `leave-room` argument: a string or `{ "room": … }`.
@@ -107,17 +123,29 @@ fn refuse(error: &str) -> Value {
     json!({ "ok": false, "error": error })
 }
 
-fn join_room(app: &AppState, socket: &SocketRef, arg: Value, limiter: &Mutex<JoinLimiter>) -> Value {
+fn join_room(
+    app: &AppState,
+    socket: &SocketRef,
+    arg: Value,
+    limiter: &Mutex<JoinLimiter>,
+) -> Value {
     let Some(room) = room_of(&arg).and_then(|r| Room::parse(r).ok()) else {
         return refuse("invalid_room");
     };
     // Set by the handshake middleware, which every connected socket went through.
-    let principal = socket.extensions.get::<Principal>().unwrap_or(Principal::Anonymous);
+    let principal = socket
+        .extensions
+        .get::<Principal>()
+        .unwrap_or(Principal::Anonymous);
     if !principal.can_read(&room) {
         tracing::debug!(sid = %socket.id, who = %principal.label(), %room, "join refused: forbidden");
         return refuse("forbidden");
     }
-    if !limiter.lock().unwrap_or_else(|p| p.into_inner()).try_take(Instant::now()) {
+    if !limiter
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .try_take(Instant::now())
+    {
         return refuse("rate_limited");
     }
     let already_in = socket.rooms().iter().any(|r| r == room.as_str());
@@ -147,11 +175,17 @@ struct JoinLimiter {
 
 impl JoinLimiter {
     fn new(rate: u32) -> Self {
-        Self { rate: rate as f64, tokens: rate as f64, refilled_at: Instant::now() }
+        Self {
+            rate: rate as f64,
+            tokens: rate as f64,
+            refilled_at: Instant::now(),
+        }
     }
 
     fn try_take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.refilled_at).as_secs_f64();
+        let elapsed = now
+            .saturating_duration_since(self.refilled_at)
+            .as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
         self.refilled_at = now;
         if self.tokens >= 1.0 {
@@ -171,7 +205,11 @@ mod tests {
     #[test]
     fn the_limiter_allows_a_burst_then_the_rate() {
         let start = Instant::now();
-        let mut limiter = JoinLimiter { rate: 5.0, tokens: 5.0, refilled_at: start };
+        let mut limiter = JoinLimiter {
+            rate: 5.0,
+            tokens: 5.0,
+            refilled_at: start,
+        };
         assert!((0..5).all(|_| limiter.try_take(start)));
         assert!(!limiter.try_take(start));
         assert!(limiter.try_take(start + Duration::from_millis(200)));
@@ -181,14 +219,20 @@ mod tests {
     #[test]
     fn room_arguments() {
         assert_eq!(room_of(&json!("customer:1")), Some("customer:1"));
-        assert_eq!(room_of(&json!({"room": "cms:x", "after": "e-1"})), Some("cms:x"));
+        assert_eq!(
+            room_of(&json!({"room": "cms:x", "after": "e-1"})),
+            Some("cms:x")
+        );
         assert_eq!(room_of(&json!(5)), None);
         assert_eq!(room_of(&json!({"after": "e-1"})), None);
     }
 
     #[test]
     fn token_from_the_query() {
-        assert_eq!(query_token(Some("EIO=4&transport=polling&token=a%2Eb")), Some("a.b".into()));
+        assert_eq!(
+            query_token(Some("EIO=4&transport=polling&token=a%2Eb")),
+            Some("a.b".into())
+        );
         assert_eq!(query_token(Some("EIO=4")), None);
         assert_eq!(query_token(None), None);
     }

@@ -6,16 +6,25 @@ use serde_json::{Value, json};
 
 use crate::support::{Settings, SioClient, TestApp, message_id};
 
-const CMS_ROOMS: [&str; 4] = ["cms:dashboard", "cms:stations", "cms:points", "cms:sessions"];
+const CMS_ROOMS: [&str; 4] = [
+    "cms:dashboard",
+    "cms:stations",
+    "cms:points",
+    "cms:sessions",
+];
 
 fn rooms_of(notifications: &[Value]) -> BTreeSet<String> {
-    notifications.iter().map(|n| n["room"].as_str().unwrap_or("null").to_string()).collect()
+    notifications
+        .iter()
+        .map(|n| n["room"].as_str().unwrap_or("null").to_string())
+        .collect()
 }
 
 /// Publishes a `customer` marker (it reaches only cms:dashboard) and returns what `socket` got
 /// before it: everything published earlier has been emitted by then, since delivery is in order.
 async fn before_marker(app: &TestApp, socket: &mut SioClient) -> Vec<Value> {
-    app.publish_json("notification.customer", json!({ "type": "marker" })).await;
+    app.publish_json("notification.customer", json!({ "type": "marker" }))
+        .await;
     socket.until_type("marker").await
 }
 
@@ -31,11 +40,19 @@ async fn each_category_reaches_its_default_cms_rooms() {
         ("billing", vec!["cms:dashboard"]),
     ];
     for (category, expected) in table {
-        app.publish_json(&format!("notification.{category}"), json!({ "type": format!("{category}.changed") })).await;
+        app.publish_json(
+            &format!("notification.{category}"),
+            json!({ "type": format!("{category}.changed") }),
+        )
+        .await;
         let got = before_marker(&app, &mut cms).await;
         assert_eq!(got.len(), expected.len(), "{category}: {got:?}");
         assert!(got.iter().all(|n| n["category"] == category), "{got:?}");
-        assert_eq!(rooms_of(&got), expected.iter().map(|r| r.to_string()).collect(), "{category}");
+        assert_eq!(
+            rooms_of(&got),
+            expected.iter().map(|r| r.to_string()).collect(),
+            "{category}"
+        );
     }
     app.stop().await;
 }
@@ -43,8 +60,12 @@ async fn each_category_reaches_its_default_cms_rooms() {
 #[tokio::test]
 async fn a_recipient_gets_the_contract_payload_and_no_other_customer_sees_it() {
     let app = TestApp::spawn(Settings::rabbit()).await;
-    let mut alice = app.joined(&app.customer_token("123"), &["customer:123"]).await;
-    let mut bob = app.joined(&app.customer_token("456"), &["customer:456"]).await;
+    let mut alice = app
+        .joined(&app.customer_token("123"), &["customer:123"])
+        .await;
+    let mut bob = app
+        .joined(&app.customer_token("456"), &["customer:456"])
+        .await;
     let id = message_id();
 
     app.publish_json(
@@ -75,7 +96,11 @@ async fn a_recipient_gets_the_contract_payload_and_no_other_customer_sees_it() {
     );
 
     // Bob's next notification is the one sent to him afterwards, not Alice's.
-    app.publish_json("notification.session", json!({ "type": "for-bob", "recipients": ["456"] })).await;
+    app.publish_json(
+        "notification.session",
+        json!({ "type": "for-bob", "recipients": ["456"] }),
+    )
+    .await;
     let first_for_bob = bob.next().await;
     assert_eq!(first_for_bob["type"], "for-bob");
     assert_eq!(first_for_bob["room"], "customer:456");
@@ -87,23 +112,50 @@ async fn a_recipient_gets_the_contract_payload_and_no_other_customer_sees_it() {
 async fn absent_fields_are_null_and_the_timestamp_is_rfc3339() {
     let app = TestApp::spawn(Settings::rabbit()).await;
     let mut cms = app.joined(&app.cms_token(), &["cms:dashboard"]).await;
-    app.publish_json("notification.station", json!({ "type": "station.offline" })).await;
+    app.publish_json("notification.station", json!({ "type": "station.offline" }))
+        .await;
     let got = cms.next().await;
     assert_eq!(got["data"], Value::Null);
     assert_eq!(got["messageId"], Value::Null);
     let ts = got["timestamp"].as_str().expect("timestamp string");
-    assert!(time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).is_ok(), "{ts}");
+    assert!(
+        time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).is_ok(),
+        "{ts}"
+    );
     app.stop().await;
 }
 
 #[tokio::test]
 async fn each_target_room_gets_its_own_copy_with_increasing_ids() {
     let app = TestApp::spawn(Settings::rabbit()).await;
-    let mut cms = app.joined(&app.cms_token(), &["cms:dashboard", "cms:sessions", "customer:7"]).await;
-    app.publish_json("notification.session", json!({ "type": "t", "recipients": [7], "rooms": ["cms:stations"] })).await;
+    let mut cms = app
+        .joined(
+            &app.cms_token(),
+            &["cms:dashboard", "cms:sessions", "customer:7"],
+        )
+        .await;
+    app.publish_json(
+        "notification.session",
+        json!({ "type": "t", "recipients": [7], "rooms": ["cms:stations"] }),
+    )
+    .await;
     let mut copies = before_marker(&app, &mut cms).await;
-    assert_eq!(rooms_of(&copies), ["cms:dashboard", "cms:sessions", "customer:7"].map(String::from).into());
-    let seq = |n: &Value| n["id"].as_str().unwrap().rsplit('-').next().unwrap().parse::<u64>().unwrap();
+    assert_eq!(
+        rooms_of(&copies),
+        ["cms:dashboard", "cms:sessions", "customer:7"]
+            .map(String::from)
+            .into()
+    );
+    let seq = |n: &Value| {
+        n["id"]
+            .as_str()
+            .unwrap()
+            .rsplit('-')
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
     copies.sort_by_key(seq);
     let ids: BTreeSet<&str> = copies.iter().map(|n| n["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 3, "each copy has its own id");
@@ -114,9 +166,16 @@ async fn each_target_room_gets_its_own_copy_with_increasing_ids() {
 async fn explicit_rooms_are_added_to_the_defaults() {
     let app = TestApp::spawn(Settings::rabbit()).await;
     let mut stations = app.joined(&app.cms_token(), &["cms:stations"]).await;
-    app.publish_json("notification.session", json!({ "type": "session.note", "rooms": ["cms:stations"] })).await;
+    app.publish_json(
+        "notification.session",
+        json!({ "type": "session.note", "rooms": ["cms:stations"] }),
+    )
+    .await;
     let got = stations.next().await;
-    assert_eq!((got["type"].as_str(), got["room"].as_str()), (Some("session.note"), Some("cms:stations")));
+    assert_eq!(
+        (got["type"].as_str(), got["room"].as_str()),
+        (Some("session.note"), Some("cms:stations"))
+    );
     app.stop().await;
 }
 
@@ -127,16 +186,31 @@ async fn broadcast_reaches_every_socket_once_with_a_null_room_outside_its_rooms(
     let mut lobby = app.socket(&app.customer_token("2")).await;
     let mut dashboard = app.joined(&app.cms_token(), &["cms:dashboard"]).await;
 
-    app.publish_json("notification.customer", json!({ "type": "maintenance", "recipients": [1], "broadcast": true })).await;
+    app.publish_json(
+        "notification.customer",
+        json!({ "type": "maintenance", "recipients": [1], "broadcast": true }),
+    )
+    .await;
     let got = lobby.next().await;
-    assert_eq!((got["type"].as_str(), &got["room"]), (Some("maintenance"), &Value::Null));
+    assert_eq!(
+        (got["type"].as_str(), &got["room"]),
+        (Some("maintenance"), &Value::Null)
+    );
     let got = in_room.next().await;
     assert_eq!(got["room"], "customer:1");
     let got = before_marker(&app, &mut dashboard).await;
-    assert_eq!(rooms_of(&got), ["cms:dashboard".to_string()].into(), "one copy for the dashboard: {got:?}");
+    assert_eq!(
+        rooms_of(&got),
+        ["cms:dashboard".to_string()].into(),
+        "one copy for the dashboard: {got:?}"
+    );
 
     // A second broadcast as a marker: nobody got a second copy of the first.
-    app.publish_json("notification.customer", json!({ "type": "end", "broadcast": true })).await;
+    app.publish_json(
+        "notification.customer",
+        json!({ "type": "end", "broadcast": true }),
+    )
+    .await;
     assert_eq!(lobby.until_type("end").await.len(), 0);
     assert_eq!(in_room.until_type("end").await.len(), 0);
     app.stop().await;
@@ -148,11 +222,16 @@ async fn the_same_message_id_is_emitted_once() {
     let mut cms = app.joined(&app.cms_token(), &["cms:dashboard"]).await;
     let id = message_id();
     for _ in 0..3 {
-        app.publish_json("notification.customer", json!({ "type": "once", "messageId": id })).await;
+        app.publish_json(
+            "notification.customer",
+            json!({ "type": "once", "messageId": id }),
+        )
+        .await;
     }
     // The AMQP message_id property counts as well when the body has none.
     let props = lapin::BasicProperties::default().with_message_id(id.as_str().into());
-    app.publish_with("notification.customer", br#"{"type":"once"}"#, props).await;
+    app.publish_with("notification.customer", br#"{"type":"once"}"#, props)
+        .await;
     let got = before_marker(&app, &mut cms).await;
     assert_eq!(got.len(), 1, "{got:?}");
     app.stop().await;

@@ -15,7 +15,10 @@ async fn run_browser_test(app: &TestApp, script: &str, extra: &[&str]) {
             .arg(&path)
             .args(["--base", &app.base, "--jwt-secret", SECRET])
             .args(extra)
-            .env("SCREENSHOT_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/artifacts/screenshots"))
+            .env(
+                "SCREENSHOT_DIR",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/artifacts/screenshots"),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -26,7 +29,10 @@ async fn run_browser_test(app: &TestApp, script: &str, extra: &[&str]) {
     .expect("node runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "{script} failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("PASS"), "{script}: {stdout}");
 }
 

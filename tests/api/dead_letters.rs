@@ -17,7 +17,10 @@ async fn each_kind_of_bad_message_is_dead_lettered_intact_with_its_reason() {
         ("missing_type", br#"{"data":{}}"#),
         ("too_large", too_large.as_bytes()),
         ("invalid_room", br#"{"type":"t","rooms":["lobby"]}"#),
-        ("invalid_room", br#"{"type":"t","recipients":["not valid"]}"#),
+        (
+            "invalid_room",
+            br#"{"type":"t","recipients":["not valid"]}"#,
+        ),
         ("invalid_field", br#"{"type":"t","recipients":"123"}"#),
     ];
     for (i, (reason, body)) in cases.iter().enumerate() {
@@ -27,14 +30,21 @@ async fn each_kind_of_bad_message_is_dead_lettered_intact_with_its_reason() {
             .with_message_id(ShortString::from(format!("bad-{i}")))
             .with_content_type("application/json".into())
             .with_headers(headers);
-        app.publish_with("notification.session", body, properties).await;
+        app.publish_with("notification.session", body, properties)
+            .await;
 
         let dead = app.next_message(&app.dead_queue()).await;
         let delivery = &dead.delivery;
         assert_eq!(&delivery.data, body, "{reason}: body intact");
         let props = &delivery.properties;
-        assert_eq!(props.message_id().as_ref().map(|s| s.as_str()), Some(format!("bad-{i}").as_str()));
-        assert_eq!(props.content_type().as_ref().map(|s| s.as_str()), Some("application/json"));
+        assert_eq!(
+            props.message_id().as_ref().map(|s| s.as_str()),
+            Some(format!("bad-{i}").as_str())
+        );
+        assert_eq!(
+            props.content_type().as_ref().map(|s| s.as_str()),
+            Some("application/json")
+        );
         let headers = props.headers().as_ref().expect("headers");
         let header = |name: &str| match headers.inner().get(name) {
             Some(AMQPValue::LongString(s)) => s.to_string(),
@@ -46,10 +56,15 @@ async fn each_kind_of_bad_message_is_dead_lettered_intact_with_its_reason() {
 
     // The consumer went on: a good message after all the bad ones is delivered, nothing is
     // left in (or requeued to) the main queue, and nothing bad was emitted.
-    app.publish_json("notification.customer", json!({ "type": "after-bad-ones" })).await;
+    app.publish_json("notification.customer", json!({ "type": "after-bad-ones" }))
+        .await;
     assert_eq!(cms.next().await["type"], "after-bad-ones");
     assert_eq!(app.queue_depth(&app.queue).await, 0);
-    assert_eq!(app.queue_depth(&app.dead_queue()).await, 0, "exactly one dead letter per bad message");
+    assert_eq!(
+        app.queue_depth(&app.dead_queue()).await,
+        0,
+        "exactly one dead letter per bad message"
+    );
     app.stop().await;
 }
 
@@ -58,8 +73,17 @@ async fn the_queue_is_declared_with_its_dead_letter_exchange() {
     let app = TestApp::spawn(Settings::rabbit()).await;
     // Declaring with exactly the contract's arguments succeeds only if they match.
     let mut args = FieldTable::default();
-    args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(format!("{}.dlx", app.queue).into()));
-    let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
-    app.channel().queue_declare(app.queue.as_str().into(), durable, args).await.expect("same arguments");
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(format!("{}.dlx", app.queue).into()),
+    );
+    let durable = lapin::options::QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    app.channel()
+        .queue_declare(app.queue.as_str().into(), durable, args)
+        .await
+        .expect("same arguments");
     app.stop().await;
 }

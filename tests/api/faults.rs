@@ -14,7 +14,10 @@ use crate::support::sio::{SioClient, TokenVia, stalled_socket};
 use crate::support::{Settings, TestApp, Topology, WAIT, message_id, open_publisher, unique};
 
 fn through(proxy: &Proxy) -> Settings {
-    Settings { broker_url: Some(proxy.url()), ..Settings::rabbit() }
+    Settings {
+        broker_url: Some(proxy.url()),
+        ..Settings::rabbit()
+    }
 }
 
 #[tokio::test]
@@ -27,22 +30,49 @@ async fn readiness_follows_the_broker_and_what_was_published_during_a_cut_arrive
     app.wait_readyz(503).await;
     let body: Value = app.get("/readyz", None).await.json().await.unwrap();
     assert_eq!(body["error"], "not_ready");
-    assert!(body["message"].as_str().unwrap().contains("RabbitMQ"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("RabbitMQ"),
+        "{body}"
+    );
 
     // Published straight to the broker while the daemon cannot reach it.
-    app.publish_json("notification.station", json!({ "type": "during-cut" })).await;
+    app.publish_json("notification.station", json!({ "type": "during-cut" }))
+        .await;
     // Meanwhile sockets and polling keep serving, and ingest says the broker is away.
-    assert_eq!(app.get("/api/notifications?room=cms:dashboard", Some(&app.cms_token())).await.status(), 200);
-    let ingest = app.post("/api/notifications", Some(&app.service_token()), json!({ "type": "t", "category": "x" }).to_string()).await;
+    assert_eq!(
+        app.get(
+            "/api/notifications?room=cms:dashboard",
+            Some(&app.cms_token())
+        )
+        .await
+        .status(),
+        200
+    );
+    let ingest = app
+        .post(
+            "/api/notifications",
+            Some(&app.service_token()),
+            json!({ "type": "t", "category": "x" }).to_string(),
+        )
+        .await;
     assert_eq!(ingest.status(), 503);
-    assert_eq!(ingest.json::<Value>().await.unwrap()["error"], "broker_unavailable");
+    assert_eq!(
+        ingest.json::<Value>().await.unwrap()["error"],
+        "broker_unavailable"
+    );
 
     proxy.restore();
     app.wait_readyz(200).await;
     assert_eq!(cms.next().await["type"], "during-cut");
     let metrics = app.get("/metrics", None).await.text().await.unwrap();
-    assert!(metrics.contains("notify_bridge_broker_connected 1"), "{metrics}");
-    assert!(!metrics.contains("notify_bridge_broker_reconnects_total 0"), "reconnects were counted");
+    assert!(
+        metrics.contains("notify_bridge_broker_connected 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("notify_bridge_broker_reconnects_total 0"),
+        "reconnects were counted"
+    );
     app.stop().await;
 }
 
@@ -59,7 +89,7 @@ async fn hundreds_of_messages_across_repeated_cuts_arrive_exactly_once() {
         for i in 0..PER_BATCH {
             let n = (batch * PER_BATCH + i) as u64;
             // Half carry a messageId, half do not (those rely on redelivery detection).
-            let body = if n % 2 == 0 {
+            let body = if n.is_multiple_of(2) {
                 json!({ "type": "load", "data": { "n": n }, "messageId": message_id() })
             } else {
                 json!({ "type": "load", "data": { "n": n } })
@@ -76,7 +106,8 @@ async fn hundreds_of_messages_across_repeated_cuts_arrive_exactly_once() {
         proxy.restore();
         app.wait_readyz(200).await;
     }
-    app.publish_json("notification.customer", json!({ "type": "marker" })).await;
+    app.publish_json("notification.customer", json!({ "type": "marker" }))
+        .await;
     for n in cms.until_type("marker").await {
         *seen.entry(n["data"]["n"].as_u64().unwrap()).or_default() += 1;
     }
@@ -93,15 +124,28 @@ async fn hundreds_of_messages_across_repeated_cuts_arrive_exactly_once() {
 async fn starting_with_the_broker_unreachable_serves_and_connects_when_it_returns() {
     let proxy = Proxy::start("127.0.0.1:5672").await;
     proxy.cut();
-    let app = TestApp::spawn(Settings { no_wait: true, ..through(&proxy) }).await;
+    let app = TestApp::spawn(Settings {
+        no_wait: true,
+        ..through(&proxy)
+    })
+    .await;
     app.wait_readyz(503).await;
     assert_eq!(app.get("/healthz", None).await.status(), 200);
     let mut cms = app.joined(&app.cms_token(), &["cms:dashboard"]).await;
-    assert_eq!(app.get("/api/notifications?room=cms:dashboard", Some(&app.cms_token())).await.status(), 200);
+    assert_eq!(
+        app.get(
+            "/api/notifications?room=cms:dashboard",
+            Some(&app.cms_token())
+        )
+        .await
+        .status(),
+        200
+    );
 
     proxy.restore();
     app.wait_readyz(200).await;
-    app.publish_json("notification.charger", json!({ "type": "charger.faulted" })).await;
+    app.publish_json("notification.charger", json!({ "type": "charger.faulted" }))
+        .await;
     assert_eq!(cms.next().await["type"], "charger.faulted");
     app.stop().await;
 }
@@ -112,13 +156,33 @@ async fn a_queue_declared_with_other_arguments_gives_one_clear_error() {
     let (_connection, channel) = open_publisher().await;
     let mut other = FieldTable::default();
     other.insert("x-max-length".into(), AMQPValue::LongInt(5));
-    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-    channel.queue_declare(queue.as_str().into(), durable, other).await.unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue.as_str().into(), durable, other)
+        .await
+        .unwrap();
 
-    let app = TestApp::spawn(Settings { queue: Some(queue.clone()), no_wait: true, ..Settings::rabbit() }).await;
-    let body = app.wait_readyz_until(503, |b| b["message"].as_str().is_some_and(|m| m.contains("other arguments"))).await;
+    let app = TestApp::spawn(Settings {
+        queue: Some(queue.clone()),
+        no_wait: true,
+        ..Settings::rabbit()
+    })
+    .await;
+    let body = app
+        .wait_readyz_until(503, |b| {
+            b["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("other arguments"))
+        })
+        .await;
     let message = body["message"].as_str().unwrap();
-    assert!(message.contains(&queue) && message.contains("RABBITMQ_QUEUE"), "{message}");
+    assert!(
+        message.contains(&queue) && message.contains("RABBITMQ_QUEUE"),
+        "{message}"
+    );
     // Sockets still work while the operator fixes it.
     let socket = app.socket(&app.cms_token()).await;
     assert_eq!(socket.join("cms:dashboard").await["ok"], true);
@@ -127,16 +191,30 @@ async fn a_queue_declared_with_other_arguments_gives_one_clear_error() {
 
 #[tokio::test]
 async fn a_stalled_client_does_not_hold_up_the_others() {
-    let app = TestApp::spawn(Settings { auth: false, ..Settings::rabbit() }.var("SOCKET_BUFFER", "16").var("HISTORY_PER_ROOM", "8")).await;
+    let app = TestApp::spawn(
+        Settings {
+            auth: false,
+            ..Settings::rabbit()
+        }
+        .var("SOCKET_BUFFER", "16")
+        .var("HISTORY_PER_ROOM", "8"),
+    )
+    .await;
     let _stalled = stalled_socket(app.addr, "cms:dashboard").await;
-    let mut healthy = SioClient::connect(app.addr, None, TokenVia::Auth).await.unwrap();
+    let mut healthy = SioClient::connect(app.addr, None, TokenVia::Auth)
+        .await
+        .unwrap();
     assert_eq!(healthy.join("cms:dashboard").await["ok"], true);
 
     // ~12 MB in all: far more than the stalled socket's TCP buffers and send queue can hold.
     let padding = "x".repeat(4096);
     const COUNT: u64 = 3000;
     for n in 0..COUNT {
-        app.publish_json("notification.customer", json!({ "type": "bulk", "data": { "n": n, "pad": padding } })).await;
+        app.publish_json(
+            "notification.customer",
+            json!({ "type": "bulk", "data": { "n": n, "pad": padding } }),
+        )
+        .await;
     }
     for n in 0..COUNT {
         assert_eq!(healthy.next().await["data"]["n"], n);
@@ -144,9 +222,15 @@ async fn a_stalled_client_does_not_hold_up_the_others() {
     let metrics = app.get("/metrics", None).await.text().await.unwrap();
     let stalled: u64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("notify_bridge_sockets_stalled_total ").and_then(|v| v.parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix("notify_bridge_sockets_stalled_total ")
+                .and_then(|v| v.parse().ok())
+        })
         .unwrap();
-    assert_eq!(stalled, 1, "the stalled socket was detected and dropped from its rooms");
+    assert_eq!(
+        stalled, 1,
+        "the stalled socket was detected and dropped from its rooms"
+    );
     app.stop().await;
 }
 
@@ -159,7 +243,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(vars: &[(&str, &str)]) -> Daemon {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_notify-bridge"));
         command
             .env_clear()
@@ -173,7 +261,11 @@ impl Daemon {
         for (k, v) in vars {
             command.env(k, v);
         }
-        Daemon { child: command.spawn().unwrap(), base: format!("http://127.0.0.1:{port}"), port }
+        Daemon {
+            child: command.spawn().unwrap(),
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+        }
     }
 
     async fn wait_ready(&self) {
@@ -192,7 +284,10 @@ impl Daemon {
 
     fn signal(&self, signal: &str) {
         let pid = self.child.id().unwrap().to_string();
-        let status = std::process::Command::new("kill").args([signal, &pid]).status().unwrap();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 }
@@ -208,7 +303,9 @@ async fn sigterm_with_deliveries_in_flight_loses_nothing_and_exits_zero() {
     ]);
     daemon.wait_ready().await;
     let addr = format!("127.0.0.1:{}", daemon.port).parse().unwrap();
-    let mut cms = SioClient::connect(addr, None, TokenVia::Auth).await.unwrap();
+    let mut cms = SioClient::connect(addr, None, TokenVia::Auth)
+        .await
+        .unwrap();
     assert_eq!(cms.join("cms:dashboard").await["ok"], true);
 
     const TOTAL: u64 = 2000;
@@ -216,7 +313,13 @@ async fn sigterm_with_deliveries_in_flight_loses_nothing_and_exits_zero() {
     for n in 0..TOTAL {
         let body = json!({ "type": "load", "data": { "n": n } }).to_string();
         channel
-            .basic_publish(topology.exchange.as_str().into(), "notification.customer".into(), Default::default(), body.as_bytes(), Default::default())
+            .basic_publish(
+                topology.exchange.as_str().into(),
+                "notification.customer".into(),
+                Default::default(),
+                body.as_bytes(),
+                Default::default(),
+            )
             .await
             .unwrap();
     }
@@ -225,23 +328,49 @@ async fn sigterm_with_deliveries_in_flight_loses_nothing_and_exits_zero() {
         received.push(cms.next().await["data"]["n"].as_u64().unwrap());
     }
     daemon.signal("-TERM");
-    let status = tokio::time::timeout(WAIT, daemon.child.wait()).await.expect("exits within the shutdown timeout").unwrap();
+    let status = tokio::time::timeout(WAIT, daemon.child.wait())
+        .await
+        .expect("exits within the shutdown timeout")
+        .unwrap();
     assert!(status.success(), "exit status {status:?}");
     // The daemon closes our socket on the way out; collect what it emitted before that.
-    received.extend(cms.until_closed(WAIT).await.iter().filter_map(|n| n["data"]["n"].as_u64()));
+    received.extend(
+        cms.until_closed(WAIT)
+            .await
+            .iter()
+            .filter_map(|n| n["data"]["n"].as_u64()),
+    );
 
-    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    let left = channel.queue_declare(topology.queue.as_str().into(), passive, FieldTable::default()).await.unwrap().message_count();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let left = channel
+        .queue_declare(
+            topology.queue.as_str().into(),
+            passive,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .message_count();
     let mut unique_received = received.clone();
     unique_received.sort_unstable();
     unique_received.dedup();
-    assert_eq!(unique_received.len(), received.len(), "nothing emitted twice");
+    assert_eq!(
+        unique_received.len(),
+        received.len(),
+        "nothing emitted twice"
+    );
     assert!(
         received.len() as u64 + left as u64 >= TOTAL,
         "lost notifications: {} emitted + {left} still queued < {TOTAL}",
         received.len()
     );
-    assert!(left > 0, "shutdown came mid-stream, so some must still be queued");
+    assert!(
+        left > 0,
+        "shutdown came mid-stream, so some must still be queued"
+    );
 }
 
 #[tokio::test]
@@ -249,13 +378,20 @@ async fn the_broker_password_never_reaches_the_logs() {
     // Nothing listens on port 1: every attempt fails and is logged.
     let mut daemon = Daemon::start(&[
         ("ENABLE_RABBITMQ", "true"),
-        ("RABBITMQ_URL", "amqp://bridge:hunter2-s3cret@127.0.0.1:1/%2f"),
+        (
+            "RABBITMQ_URL",
+            "amqp://bridge:hunter2-s3cret@127.0.0.1:1/%2f",
+        ),
         ("RUST_LOG", "debug"),
     ]);
     let mut lines = BufReader::new(daemon.child.stderr.take().unwrap()).lines();
     let mut log = String::new();
     loop {
-        let line = tokio::time::timeout(WAIT, lines.next_line()).await.expect("a log line in time").unwrap().expect("still running");
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("a log line in time")
+            .unwrap()
+            .expect("still running");
         log.push_str(&line);
         log.push('\n');
         if line.contains("RabbitMQ at") {
@@ -263,11 +399,19 @@ async fn the_broker_password_never_reaches_the_logs() {
         }
     }
     daemon.signal("-INT");
-    let status = tokio::time::timeout(WAIT, daemon.child.wait()).await.unwrap().unwrap();
-    while let Ok(Ok(Some(line))) = tokio::time::timeout(Duration::from_secs(1), lines.next_line()).await {
+    let status = tokio::time::timeout(WAIT, daemon.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_secs(1), lines.next_line()).await
+    {
         log.push_str(&line);
     }
-    assert!(status.success(), "SIGINT exits 0 even while the broker is away");
+    assert!(
+        status.success(),
+        "SIGINT exits 0 even while the broker is away"
+    );
     assert!(!log.contains("hunter2-s3cret"), "{log}");
     assert!(log.contains("bridge:***@127.0.0.1:1"), "{log}");
 }

@@ -8,12 +8,22 @@ use crate::support::{Settings, TestApp};
 async fn config_tells_frontends_the_mode_with_real_booleans() {
     let app = TestApp::spawn(Settings::local().var("POLL_INTERVAL_MS", "2500")).await;
     let body: Value = app.get("/api/config", None).await.json().await.unwrap();
-    assert_eq!(body, json!({ "ENABLE_RABBITMQ": false, "pollIntervalMs": 2500, "authRequired": true }));
+    assert_eq!(
+        body,
+        json!({ "ENABLE_RABBITMQ": false, "pollIntervalMs": 2500, "authRequired": true })
+    );
     app.stop().await;
 
-    let app = TestApp::spawn(Settings { auth: false, ..Settings::rabbit() }).await;
+    let app = TestApp::spawn(Settings {
+        auth: false,
+        ..Settings::rabbit()
+    })
+    .await;
     let body: Value = app.get("/api/config", None).await.json().await.unwrap();
-    assert_eq!(body, json!({ "ENABLE_RABBITMQ": true, "pollIntervalMs": 10000, "authRequired": false }));
+    assert_eq!(
+        body,
+        json!({ "ENABLE_RABBITMQ": true, "pollIntervalMs": 10000, "authRequired": false })
+    );
     app.stop().await;
 }
 

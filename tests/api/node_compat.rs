@@ -19,18 +19,33 @@ struct NodeClient {
 impl NodeClient {
     fn start(app: &TestApp, transport: &str, room: &str, token: &str, token_in: &str) -> Self {
         assert!(
-            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/node_modules/socket.io-client")).exists(),
+            std::path::Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/node_modules/socket.io-client"
+            ))
+            .exists(),
             "socket.io-client is not installed: run `make test` (it runs npm ci)"
         );
         let mut child = Command::new("node")
-            .args([SCRIPT, "--base", &app.base, "--transport", transport, "--room", room])
+            .args([
+                SCRIPT,
+                "--base",
+                &app.base,
+                "--transport",
+                transport,
+                "--room",
+                room,
+            ])
             .args(["--token", token, "--token-in", token_in])
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("node is installed");
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Self { lines, _child: child }
+        Self {
+            lines,
+            _child: child,
+        }
     }
 
     /// The next step line, `(STEP, JSON-or-text)`.
@@ -52,13 +67,31 @@ async fn join_and_receive(transport: &str, token_in: &str) {
 
     let (step, ack) = client.step().await;
     assert_eq!(step, "JOINED");
-    assert_eq!(serde_json::from_str::<Value>(&ack).unwrap(), json!({ "ok": true, "room": "customer:123" }));
+    assert_eq!(
+        serde_json::from_str::<Value>(&ack).unwrap(),
+        json!({ "ok": true, "room": "customer:123" })
+    );
 
-    app.publish_json("notification.session", json!({ "type": "charging.stopped", "recipients": [123], "data": { "kwh": 12.5 } })).await;
+    app.publish_json(
+        "notification.session",
+        json!({ "type": "charging.stopped", "recipients": [123], "data": { "kwh": 12.5 } }),
+    )
+    .await;
     let (step, payload) = client.step().await;
     assert_eq!(step, "NOTIFICATION");
     let n: Value = serde_json::from_str(&payload).unwrap();
-    assert_eq!((n["type"].as_str(), n["room"].as_str(), n["category"].as_str()), (Some("charging.stopped"), Some("customer:123"), Some("session")));
+    assert_eq!(
+        (
+            n["type"].as_str(),
+            n["room"].as_str(),
+            n["category"].as_str()
+        ),
+        (
+            Some("charging.stopped"),
+            Some("customer:123"),
+            Some("session")
+        )
+    );
     assert_eq!(n["data"], json!({ "kwh": 12.5 }));
     app.stop().await;
 }
@@ -82,6 +115,9 @@ async fn official_client_with_the_token_in_the_query() {
 async fn official_client_sees_unauthorized_for_a_bad_token() {
     let app = TestApp::spawn(Settings::local()).await;
     let mut client = NodeClient::start(&app, "websocket", "customer:1", "not-a-jwt", "auth");
-    assert_eq!(client.step().await, ("REFUSED".to_string(), "unauthorized".to_string()));
+    assert_eq!(
+        client.step().await,
+        ("REFUSED".to_string(), "unauthorized".to_string())
+    );
     app.stop().await;
 }

@@ -12,10 +12,14 @@ use crate::support::{Settings, TestApp, message_id};
 #[tokio::test]
 async fn amqps_with_the_configured_ca_consumes_through_tls() {
     let tls = TlsBroker::start().await;
-    let settings = Settings { broker_url: Some(tls.url()), ..Settings::rabbit() };
+    let settings = Settings {
+        broker_url: Some(tls.url()),
+        ..Settings::rabbit()
+    };
     let app = TestApp::spawn(settings.var("RABBITMQ_CA_FILE", tls.ca_file.to_str().unwrap())).await;
     let mut cms = app.joined(&app.cms_token(), &["cms:dashboard"]).await;
-    app.publish_json("notification.station", json!({ "type": "over-tls" })).await;
+    app.publish_json("notification.station", json!({ "type": "over-tls" }))
+        .await;
     assert_eq!(cms.next().await["type"], "over-tls");
     app.stop().await;
 }
@@ -24,30 +28,64 @@ async fn amqps_with_the_configured_ca_consumes_through_tls() {
 async fn amqps_refuses_a_certificate_it_cannot_verify() {
     let tls = TlsBroker::start().await;
     // No RABBITMQ_CA_FILE: the test CA is not among the system's roots.
-    let app = TestApp::spawn(Settings { broker_url: Some(tls.url()), no_wait: true, ..Settings::rabbit() }).await;
+    let app = TestApp::spawn(Settings {
+        broker_url: Some(tls.url()),
+        no_wait: true,
+        ..Settings::rabbit()
+    })
+    .await;
     let body = app
-        .wait_readyz_until(503, |b| b["message"].as_str().is_some_and(|m| !m.contains("connecting to RabbitMQ")))
+        .wait_readyz_until(503, |b| {
+            b["message"]
+                .as_str()
+                .is_some_and(|m| !m.contains("connecting to RabbitMQ"))
+        })
         .await;
     let message = body["message"].as_str().unwrap().to_lowercase();
-    assert!(message.contains("certificate") || message.contains("issuer"), "{message}");
+    assert!(
+        message.contains("certificate") || message.contains("issuer"),
+        "{message}"
+    );
     app.stop().await;
 }
 
 #[tokio::test]
 async fn every_instance_emits_every_notification_to_its_own_sockets() {
     let first = TestApp::spawn(Settings::rabbit()).await;
-    let second = TestApp::spawn(Settings { exchange: Some(first.exchange.clone()), ..Settings::rabbit() }).await;
-    assert_ne!(first.queue, second.queue, "each instance consumes its own queue");
-    let mut on_first = first.joined(&first.customer_token("5"), &["customer:5"]).await;
-    let mut on_second = second.joined(&second.customer_token("5"), &["customer:5"]).await;
+    let second = TestApp::spawn(Settings {
+        exchange: Some(first.exchange.clone()),
+        ..Settings::rabbit()
+    })
+    .await;
+    assert_ne!(
+        first.queue, second.queue,
+        "each instance consumes its own queue"
+    );
+    let mut on_first = first
+        .joined(&first.customer_token("5"), &["customer:5"])
+        .await;
+    let mut on_second = second
+        .joined(&second.customer_token("5"), &["customer:5"])
+        .await;
 
-    first.publish_json("notification.session", json!({ "type": "one-publish", "recipients": [5] })).await;
+    first
+        .publish_json(
+            "notification.session",
+            json!({ "type": "one-publish", "recipients": [5] }),
+        )
+        .await;
     assert_eq!(on_first.next().await["type"], "one-publish");
     assert_eq!(on_second.next().await["type"], "one-publish");
 
     // Ingest on one instance goes through the exchange, so the other emits it too.
     let posted = json!({ "type": "posted", "category": "session", "recipients": [5] }).to_string();
-    assert_eq!(first.post("/api/notifications", Some(&first.service_token()), posted).await.status(), 202);
+    assert_eq!(
+        first
+            .post("/api/notifications", Some(&first.service_token()), posted)
+            .await
+            .status(),
+        202
+    );
     assert_eq!(on_first.next().await["type"], "posted");
     assert_eq!(on_second.next().await["type"], "posted");
     second.stop().await;
@@ -56,7 +94,11 @@ async fn every_instance_emits_every_notification_to_its_own_sockets() {
 
 fn metric(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
         .unwrap_or_else(|| panic!("{series} not in:\n{text}"))
 }
 
@@ -66,33 +108,85 @@ async fn metrics_count_what_the_daemon_does() {
     let mut customer = app.joined(&app.customer_token("1"), &["customer:1"]).await;
     let id = message_id();
     for _ in 0..2 {
-        app.publish_json("notification.session", json!({ "type": "t", "recipients": [1], "messageId": id })).await;
+        app.publish_json(
+            "notification.session",
+            json!({ "type": "t", "recipients": [1], "messageId": id }),
+        )
+        .await;
     }
     app.publish("notification.charger", b"not json").await;
-    app.publish_json("notification.session", json!({ "type": "after", "recipients": [1] })).await;
+    app.publish_json(
+        "notification.session",
+        json!({ "type": "after", "recipients": [1] }),
+    )
+    .await;
     assert_eq!(customer.next().await["type"], "t");
     assert_eq!(customer.next().await["type"], "after");
     let _ = app.next_message(&app.dead_queue()).await;
 
     let text = app.get("/metrics", None).await.text().await.unwrap();
-    assert_eq!(metric(&text, "notify_bridge_notifications_consumed_total{category=\"session\"}"), 2.0);
-    assert_eq!(metric(&text, "notify_bridge_notifications_emitted_total{category=\"session\"}"), 6.0, "3 rooms each");
-    assert_eq!(metric(&text, "notify_bridge_notifications_deduplicated_total{category=\"session\"}"), 1.0);
-    assert_eq!(metric(&text, "notify_bridge_notifications_dead_lettered_total{category=\"charger\",reason=\"not_json\"}"), 1.0);
+    assert_eq!(
+        metric(
+            &text,
+            "notify_bridge_notifications_consumed_total{category=\"session\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "notify_bridge_notifications_emitted_total{category=\"session\"}"
+        ),
+        6.0,
+        "3 rooms each"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "notify_bridge_notifications_deduplicated_total{category=\"session\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "notify_bridge_notifications_dead_lettered_total{category=\"charger\",reason=\"not_json\"}"
+        ),
+        1.0
+    );
     assert_eq!(metric(&text, "notify_bridge_sockets_connected"), 1.0);
     assert_eq!(metric(&text, "notify_bridge_broker_connected"), 1.0);
-    assert_eq!(metric(&text, "notify_bridge_delivery_lag_seconds_count"), 2.0);
+    assert_eq!(
+        metric(&text, "notify_bridge_delivery_lag_seconds_count"),
+        2.0
+    );
     assert_eq!(metric(&text, "notify_bridge_history_rooms"), 3.0);
     assert_eq!(metric(&text, "notify_bridge_history_notifications"), 6.0);
-    assert!(metric(&text, "notify_bridge_http_requests_total{method=\"GET\",route=\"/readyz\",status=\"200\"}") >= 1.0);
+    assert!(
+        metric(
+            &text,
+            "notify_bridge_http_requests_total{method=\"GET\",route=\"/readyz\",status=\"200\"}"
+        ) >= 1.0
+    );
     app.stop().await;
 }
 
 #[tokio::test]
 async fn connections_beyond_max_connections_are_refused() {
-    let app = TestApp::spawn(Settings { auth: false, ..Settings::local() }.var("MAX_CONNECTIONS", "2")).await;
-    let _a = SioClient::connect(app.addr, None, TokenVia::Auth).await.unwrap();
-    let _b = SioClient::connect(app.addr, None, TokenVia::Auth).await.unwrap();
+    let app = TestApp::spawn(
+        Settings {
+            auth: false,
+            ..Settings::local()
+        }
+        .var("MAX_CONNECTIONS", "2"),
+    )
+    .await;
+    let _a = SioClient::connect(app.addr, None, TokenVia::Auth)
+        .await
+        .unwrap();
+    let _b = SioClient::connect(app.addr, None, TokenVia::Auth)
+        .await
+        .unwrap();
     let refused = SioClient::connect(app.addr, None, TokenVia::Auth).await;
     assert_eq!(refused.err().as_deref(), Some("server_full"));
     app.stop().await;
@@ -117,26 +211,52 @@ async fn the_publish_tool_sends_one_confirmed_notification() {
     let mut customer = app.joined(&app.customer_token("3"), &["customer:3"]).await;
     let broker = crate::support::BROKER;
 
-    let out = publish_tool(&app, &["notification.session", r#"{"type":"from-cli","recipients":[3]}"#], broker);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = publish_tool(
+        &app,
+        &[
+            "notification.session",
+            r#"{"type":"from-cli","recipients":[3]}"#,
+        ],
+        broker,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("confirmed"));
     assert_eq!(customer.next().await["type"], "from-cli");
 
     let file = std::env::temp_dir().join(format!("{}.json", message_id()));
     std::fs::write(&file, r#"{"type":"from-file","recipients":[3]}"#).unwrap();
-    let out = publish_tool(&app, &["notification.session", "--file", file.to_str().unwrap()], broker);
+    let out = publish_tool(
+        &app,
+        &["notification.session", "--file", file.to_str().unwrap()],
+        broker,
+    );
     std::fs::remove_file(&file).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(customer.next().await["type"], "from-file");
 
     let out = publish_tool(&app, &["notification.session", "{not json"], broker);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid JSON"));
 
-    let out = publish_tool(&app, &["notification.session", r#"{"type":"x"}"#], "amqp://guest:secret-pw@127.0.0.1:1/%2f");
+    let out = publish_tool(
+        &app,
+        &["notification.session", r#"{"type":"x"}"#],
+        "amqp://guest:secret-pw@127.0.0.1:1/%2f",
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:1"), "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:1"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("secret-pw"));
     app.stop().await;
 }

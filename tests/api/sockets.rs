@@ -17,9 +17,18 @@ async fn connections_without_a_valid_token_are_refused_as_unauthorized() {
     let cases = [
         ("no token", None),
         ("bad signature", Some(wrong_key)),
-        ("expired", Some(app.token(json!({ "sub": "1", "exp": now() - 5 })))),
-        ("unknown role", Some(app.token(json!({ "sub": "1", "role": "root" })))),
-        ("customer without sub", Some(app.token(json!({ "role": "customer" })))),
+        (
+            "expired",
+            Some(app.token(json!({ "sub": "1", "exp": now() - 5 }))),
+        ),
+        (
+            "unknown role",
+            Some(app.token(json!({ "sub": "1", "role": "root" }))),
+        ),
+        (
+            "customer without sub",
+            Some(app.token(json!({ "role": "customer" }))),
+        ),
         ("garbage", Some("abc.def.ghi".to_string())),
     ];
     for (case, token) in cases {
@@ -33,8 +42,13 @@ async fn connections_without_a_valid_token_are_refused_as_unauthorized() {
 async fn the_token_may_come_in_the_query_string() {
     let app = TestApp::spawn(Settings::local()).await;
     let token = app.customer_token("9");
-    let socket = SioClient::connect(app.addr, Some(&token), TokenVia::Query).await.expect("connects");
-    assert_eq!(socket.join("customer:9").await, json!({ "ok": true, "room": "customer:9" }));
+    let socket = SioClient::connect(app.addr, Some(&token), TokenVia::Query)
+        .await
+        .expect("connects");
+    assert_eq!(
+        socket.join("customer:9").await,
+        json!({ "ok": true, "room": "customer:9" })
+    );
     app.stop().await;
 }
 
@@ -42,13 +56,26 @@ async fn the_token_may_come_in_the_query_string() {
 async fn customers_may_join_only_their_own_room() {
     let app = TestApp::spawn(Settings::local()).await;
     let socket = app.socket(&app.customer_token("123")).await;
-    assert_eq!(socket.join("customer:123").await, json!({ "ok": true, "room": "customer:123" }));
+    assert_eq!(
+        socket.join("customer:123").await,
+        json!({ "ok": true, "room": "customer:123" })
+    );
     let forbidden = json!({ "ok": false, "error": "forbidden" });
     assert_eq!(socket.join("customer:456").await, forbidden);
     assert_eq!(socket.join("cms:dashboard").await, forbidden);
     let invalid = json!({ "ok": false, "error": "invalid_room" });
-    for bad in [json!("lobby"), json!("customer:a b"), json!("cms:Dash"), json!(42), json!({ "after": "x" })] {
-        assert_eq!(socket.emit_with_ack("join-room", bad.clone()).await, invalid, "{bad}");
+    for bad in [
+        json!("lobby"),
+        json!("customer:a b"),
+        json!("cms:Dash"),
+        json!(42),
+        json!({ "after": "x" }),
+    ] {
+        assert_eq!(
+            socket.emit_with_ack("join-room", bad.clone()).await,
+            invalid,
+            "{bad}"
+        );
     }
     app.stop().await;
 }
@@ -57,26 +84,43 @@ async fn customers_may_join_only_their_own_room() {
 async fn cms_and_admin_may_join_any_room_service_none() {
     let app = TestApp::spawn(Settings::local()).await;
     for role in ["cms", "admin"] {
-        let socket = app.socket(&app.token(json!({ "sub": "x", "role": role }))).await;
+        let socket = app
+            .socket(&app.token(json!({ "sub": "x", "role": role })))
+            .await;
         for room in ["cms:dashboard", "cms:anything", "customer:123"] {
             assert_eq!(socket.join(room).await["ok"], true, "{role} {room}");
         }
     }
     let service = app.socket(&app.service_token()).await;
-    assert_eq!(service.join("cms:dashboard").await, json!({ "ok": false, "error": "forbidden" }));
+    assert_eq!(
+        service.join("cms:dashboard").await,
+        json!({ "ok": false, "error": "forbidden" })
+    );
     app.stop().await;
 }
 
 #[tokio::test]
 async fn leave_room_stops_delivery_and_validates_the_name() {
     let app = TestApp::spawn(Settings::local()).await;
-    let mut socket = app.joined(&app.cms_token(), &["cms:stations", "cms:points"]).await;
+    let mut socket = app
+        .joined(&app.cms_token(), &["cms:stations", "cms:points"])
+        .await;
     assert_eq!(socket.leave("cms:stations").await, json!({ "ok": true }));
-    assert_eq!(socket.leave("nope").await, json!({ "ok": false, "error": "invalid_room" }));
+    assert_eq!(
+        socket.leave("nope").await,
+        json!({ "ok": false, "error": "invalid_room" })
+    );
     let post = |body: serde_json::Value| {
         let token = app.service_token();
         let app = &app;
-        async move { assert_eq!(app.post("/api/notifications", Some(&token), body.to_string()).await.status(), 202) }
+        async move {
+            assert_eq!(
+                app.post("/api/notifications", Some(&token), body.to_string())
+                    .await
+                    .status(),
+                202
+            )
+        }
     };
     post(json!({ "type": "to-stations", "category": "customer", "rooms": ["cms:stations"] })).await;
     post(json!({ "type": "marker", "category": "customer", "rooms": ["cms:points"] })).await;
@@ -87,29 +131,53 @@ async fn leave_room_stops_delivery_and_validates_the_name() {
 
 #[tokio::test]
 async fn with_auth_off_anyone_connects_and_joins_any_valid_room() {
-    let app = TestApp::spawn(Settings { auth: false, ..Settings::local() }).await;
-    let socket = SioClient::connect(app.addr, None, TokenVia::Auth).await.expect("no token needed");
+    let app = TestApp::spawn(Settings {
+        auth: false,
+        ..Settings::local()
+    })
+    .await;
+    let socket = SioClient::connect(app.addr, None, TokenVia::Auth)
+        .await
+        .expect("no token needed");
     assert_eq!(socket.join("customer:1").await["ok"], true);
     assert_eq!(socket.join("cms:dashboard").await["ok"], true);
-    assert_eq!(socket.join("bad room").await, json!({ "ok": false, "error": "invalid_room" }));
+    assert_eq!(
+        socket.join("bad room").await,
+        json!({ "ok": false, "error": "invalid_room" })
+    );
     app.stop().await;
 }
 
 #[tokio::test]
 async fn join_rate_and_room_count_are_limited() {
-    let app = TestApp::spawn(Settings::local().var("MAX_ROOMS_PER_SOCKET", "3").var("JOIN_RATE_PER_SEC", "5")).await;
+    let app = TestApp::spawn(
+        Settings::local()
+            .var("MAX_ROOMS_PER_SOCKET", "3")
+            .var("JOIN_RATE_PER_SEC", "5"),
+    )
+    .await;
     let socket = app.socket(&app.cms_token()).await;
     for room in ["cms:a", "cms:b", "cms:c"] {
         assert_eq!(socket.join(room).await["ok"], true);
     }
-    assert_eq!(socket.join("cms:d").await, json!({ "ok": false, "error": "too_many_rooms" }));
-    assert_eq!(socket.join("cms:a").await["ok"], true, "re-joining a room is not a new room");
+    assert_eq!(
+        socket.join("cms:d").await,
+        json!({ "ok": false, "error": "too_many_rooms" })
+    );
+    assert_eq!(
+        socket.join("cms:a").await["ok"],
+        true,
+        "re-joining a room is not a new room"
+    );
     let mut limited = 0;
     for _ in 0..10 {
         if socket.join("cms:a").await["error"] == "rate_limited" {
             limited += 1;
         }
     }
-    assert!(limited >= 5, "burst above the rate was not limited ({limited})");
+    assert!(
+        limited >= 5,
+        "burst above the rate was not limited ({limited})"
+    );
     app.stop().await;
 }

@@ -7,13 +7,22 @@ fn run_with(vars: &[(&str, &str)]) -> Output {
     let dir = std::env::temp_dir().join(format!("nb-startup-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_notify-bridge"));
-    command.env_clear().current_dir(&dir).env("PATH", std::env::var("PATH").unwrap_or_default());
+    command
+        .env_clear()
+        .current_dir(&dir)
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
     for (k, v) in vars {
         command.env(k, v);
     }
     // Bad configuration exits at once; a start that is wrongly accepted is caught by the
     // port: 1 is privileged and unbindable here, so even then the process ends.
-    command.env("PORT", vars.iter().find(|(k, _)| *k == "PORT").map(|(_, v)| *v).unwrap_or("1"));
+    command.env(
+        "PORT",
+        vars.iter()
+            .find(|(k, _)| *k == "PORT")
+            .map(|(_, v)| *v)
+            .unwrap_or("1"),
+    );
     command.output().expect("binary runs")
 }
 
@@ -31,7 +40,10 @@ fn a_bad_value_exits_non_zero_naming_the_variable() {
         let out = run_with(&[(var, value)]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{var}={value} was accepted");
-        assert!(stderr.contains(var), "{var}={value}: stderr does not name it: {stderr}");
+        assert!(
+            stderr.contains(var),
+            "{var}={value}: stderr does not name it: {stderr}"
+        );
     }
 }
 

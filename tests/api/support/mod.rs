@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use jsonwebtoken::{EncodingKey, Header};
 use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -44,7 +44,10 @@ fn rand_suffix() -> u32 {
 pub fn init_logs() {
     // Quiet unless TEST_LOG is set.
     if std::env::var_os("TEST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt().with_env_filter("info,notify_bridge=debug").with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info,notify_bridge=debug")
+            .with_test_writer()
+            .try_init();
     }
 }
 
@@ -77,10 +80,18 @@ pub struct Settings {
 
 impl Settings {
     pub fn rabbit() -> Self {
-        Self { rabbit: true, auth: true, ..Default::default() }
+        Self {
+            rabbit: true,
+            auth: true,
+            ..Default::default()
+        }
     }
     pub fn local() -> Self {
-        Self { rabbit: false, auth: true, ..Default::default() }
+        Self {
+            rabbit: false,
+            auth: true,
+            ..Default::default()
+        }
     }
     pub fn var(mut self, key: &str, value: &str) -> Self {
         self.vars.push((key.into(), value.into()));
@@ -91,15 +102,27 @@ impl Settings {
 impl TestApp {
     pub async fn spawn(settings: Settings) -> TestApp {
         init_logs();
-        let exchange = settings.exchange.clone().unwrap_or_else(|| unique("nb-test-ex"));
-        let queue = settings.queue.clone().unwrap_or_else(|| unique("nb-test-q"));
+        let exchange = settings
+            .exchange
+            .clone()
+            .unwrap_or_else(|| unique("nb-test-ex"));
+        let queue = settings
+            .queue
+            .clone()
+            .unwrap_or_else(|| unique("nb-test-q"));
         let mut vars: Vec<(String, String)> = vec![
             ("ENABLE_RABBITMQ".into(), settings.rabbit.to_string()),
-            ("RABBITMQ_URL".into(), settings.broker_url.clone().unwrap_or_else(|| BROKER.into())),
+            (
+                "RABBITMQ_URL".into(),
+                settings.broker_url.clone().unwrap_or_else(|| BROKER.into()),
+            ),
             ("RABBITMQ_EXCHANGE".into(), exchange.clone()),
             ("RABBITMQ_QUEUE".into(), queue.clone()),
             ("RABBITMQ_RECONNECT_MAX_MS".into(), "1000".into()),
-            ("PUBLIC_DIR".into(), concat!(env!("CARGO_MANIFEST_DIR"), "/public").into()),
+            (
+                "PUBLIC_DIR".into(),
+                concat!(env!("CARGO_MANIFEST_DIR"), "/public").into(),
+            ),
             ("SHUTDOWN_TIMEOUT_MS".into(), "5000".into()),
         ];
         if settings.auth {
@@ -112,7 +135,11 @@ impl TestApp {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(notify_bridge::run(config, listener, shutdown.clone()));
-        let publisher = if settings.rabbit { Some(open_publisher().await) } else { None };
+        let publisher = if settings.rabbit {
+            Some(open_publisher().await)
+        } else {
+            None
+        };
         let app = TestApp {
             addr,
             base: format!("http://{addr}"),
@@ -144,14 +171,21 @@ impl TestApp {
     pub async fn wait_readyz_until(&self, status: u16, accept: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + WAIT * 2;
         loop {
-            if let Ok(r) = self.client.get(format!("{}/readyz", self.base)).send().await
+            if let Ok(r) = self
+                .client
+                .get(format!("{}/readyz", self.base))
+                .send()
+                .await
                 && r.status().as_u16() == status
                 && let Ok(body) = r.json::<Value>().await
                 && accept(&body)
             {
                 return body;
             }
-            assert!(tokio::time::Instant::now() < deadline, "/readyz never answered {status} as expected");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/readyz never answered {status} as expected"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -161,7 +195,12 @@ impl TestApp {
         if claims.get("exp").is_none() {
             claims["exp"] = json!(now() + 3600);
         }
-        jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+        jsonwebtoken::encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
     }
     pub fn customer_token(&self, id: &str) -> String {
         self.token(json!({ "sub": id, "role": "customer" }))
@@ -175,7 +214,9 @@ impl TestApp {
 
     /// A socket authenticated with `token` (handshake `auth.token`).
     pub async fn socket(&self, token: &str) -> SioClient {
-        SioClient::connect(self.addr, Some(token), sio::TokenVia::Auth).await.expect("socket connects")
+        SioClient::connect(self.addr, Some(token), sio::TokenVia::Auth)
+            .await
+            .expect("socket connects")
     }
 
     /// A socket that has joined `rooms` (each ack checked).
@@ -190,7 +231,8 @@ impl TestApp {
 
     /// Publishes to the app's exchange and waits for the broker's confirm.
     pub async fn publish(&self, routing_key: &str, body: &[u8]) {
-        self.publish_with(routing_key, body, BasicProperties::default()).await;
+        self.publish_with(routing_key, body, BasicProperties::default())
+            .await;
     }
 
     pub async fn publish_json(&self, routing_key: &str, body: Value) {
@@ -200,7 +242,13 @@ impl TestApp {
     pub async fn publish_with(&self, routing_key: &str, body: &[u8], properties: BasicProperties) {
         let (_, channel) = self.publisher.as_ref().expect("a RabbitMQ test app");
         let confirm = channel
-            .basic_publish(self.exchange.as_str().into(), routing_key.into(), BasicPublishOptions::default(), body, properties)
+            .basic_publish(
+                self.exchange.as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
             .await
             .expect("publish");
         assert!(confirm.await.expect("confirm").is_ack());
@@ -214,19 +262,33 @@ impl TestApp {
     pub async fn next_message(&self, queue: &str) -> lapin::message::BasicGetMessage {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let got = self.channel().basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.expect("basic.get");
+            let got = self
+                .channel()
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                .await
+                .expect("basic.get");
             if let Some(message) = got {
                 return message;
             }
-            assert!(tokio::time::Instant::now() < deadline, "no message arrived in {queue}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no message arrived in {queue}"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 
     /// Ready messages in `queue` right now.
     pub async fn queue_depth(&self, queue: &str) -> u32 {
-        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-        self.channel().queue_declare(queue.into(), passive, FieldTable::default()).await.expect("queue exists").message_count()
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        self.channel()
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .expect("queue exists")
+            .message_count()
     }
 
     pub fn dead_queue(&self) -> String {
@@ -241,8 +303,17 @@ impl TestApp {
         request.send().await.expect("GET")
     }
 
-    pub async fn post(&self, path: &str, token: Option<&str>, body: impl Into<reqwest::Body>) -> reqwest::Response {
-        let mut request = self.client.post(format!("{}{path}", self.base)).header("content-type", "application/json").body(body);
+    pub async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -253,7 +324,9 @@ impl TestApp {
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         let handle = self.handle.take().unwrap();
-        let result = tokio::time::timeout(WAIT, handle).await.expect("daemon stops in time");
+        let result = tokio::time::timeout(WAIT, handle)
+            .await
+            .expect("daemon stops in time");
         result.expect("daemon task").expect("daemon exits cleanly");
     }
 }
@@ -262,7 +335,10 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
         if self.rabbit {
-            drop(Topology { exchange: self.exchange.clone(), queue: self.queue.clone() });
+            drop(Topology {
+                exchange: self.exchange.clone(),
+                queue: self.queue.clone(),
+            });
         }
     }
 }
@@ -276,7 +352,10 @@ pub struct Topology {
 
 impl Topology {
     pub fn fresh() -> Self {
-        Self { exchange: unique("nb-test-ex"), queue: unique("nb-test-q") }
+        Self {
+            exchange: unique("nb-test-ex"),
+            queue: unique("nb-test-q"),
+        }
     }
 }
 
@@ -285,9 +364,16 @@ impl Drop for Topology {
         // On its own runtime: this may run on a runtime that is blocked or closing.
         let (exchange, queue) = (self.exchange.clone(), self.queue.clone());
         let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             runtime.block_on(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(5), delete_topology(&exchange, &queue)).await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    delete_topology(&exchange, &queue),
+                )
+                .await;
             });
         })
         .join();
@@ -295,13 +381,19 @@ impl Drop for Topology {
 }
 
 async fn delete_topology(exchange: &str, queue: &str) {
-    let Ok(connection) = Connection::connect(BROKER, ConnectionProperties::default()).await else { return };
+    let Ok(connection) = Connection::connect(BROKER, ConnectionProperties::default()).await else {
+        return;
+    };
     if let Ok(channel) = connection.create_channel().await {
         for q in [queue.to_owned(), format!("{queue}.dead")] {
-            let _ = channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+            let _ = channel
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
         }
         for e in [exchange.to_owned(), format!("{queue}.dlx")] {
-            let _ = channel.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default()).await;
+            let _ = channel
+                .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
         }
     }
     let _ = connection.close(200, "test cleanup".into()).await;
@@ -312,12 +404,18 @@ pub async fn open_publisher() -> (Connection, Channel) {
         .await
         .expect("RabbitMQ must run at 127.0.0.1:5672 (the test command starts it)");
     let channel = connection.create_channel().await.unwrap();
-    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     (connection, channel)
 }
 
 pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// A fresh unique message id.

@@ -26,7 +26,9 @@ impl Proxy {
                     continue; // dropped: the broker is "unreachable"
                 }
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else { return };
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
                     tokio::select! {
                         _ = copy_bidirectional(&mut inbound, &mut outbound) => {}
                         _ = state.wait_for(|up| !*up) => {}

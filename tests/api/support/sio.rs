@@ -33,7 +33,11 @@ pub struct SioClient {
 
 impl SioClient {
     /// Connects; `Err` carries the `connect_error` message (or the transport error).
-    pub async fn connect(addr: SocketAddr, token: Option<&str>, via: TokenVia) -> Result<SioClient, String> {
+    pub async fn connect(
+        addr: SocketAddr,
+        token: Option<&str>,
+        via: TokenVia,
+    ) -> Result<SioClient, String> {
         let mut url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
         if let (Some(token), TokenVia::Query) = (token, &via) {
             url.push_str(&format!("&token={token}"));
@@ -43,12 +47,17 @@ impl SioClient {
             .map_err(|_| "websocket connect timed out".to_string())?
             .map_err(|e| e.to_string())?;
         let open = next_text(&mut ws).await?;
-        assert!(open.starts_with('0'), "expected the Engine.IO open packet, got {open}");
+        assert!(
+            open.starts_with('0'),
+            "expected the Engine.IO open packet, got {open}"
+        );
         let connect = match (token, via) {
             (Some(token), TokenVia::Auth) => format!("40{}", json!({ "token": token })),
             _ => "40".to_string(),
         };
-        ws.send(Message::text(connect)).await.map_err(|e| e.to_string())?;
+        ws.send(Message::text(connect))
+            .await
+            .map_err(|e| e.to_string())?;
         let reply = next_text(&mut ws).await?;
         if let Some(error) = reply.strip_prefix("44") {
             let error: Value = serde_json::from_str(error).map_err(|e| e.to_string())?;
@@ -72,7 +81,9 @@ impl SioClient {
         tokio::spawn(async move {
             let mut received = 0;
             while let Some(Ok(message)) = stream.next().await {
-                let Ok(text) = message.to_text() else { continue };
+                let Ok(text) = message.to_text() else {
+                    continue;
+                };
                 if text == "2" {
                     let _ = pong.send(Message::text("3"));
                 } else if let Some(event) = text.strip_prefix("42") {
@@ -93,7 +104,12 @@ impl SioClient {
                 }
             }
         });
-        Ok(SioClient { out, notifications, acks, next_ack: AtomicU64::new(1) })
+        Ok(SioClient {
+            out,
+            notifications,
+            acks,
+            next_ack: AtomicU64::new(1),
+        })
     }
 
     /// Emits `event` with `arg` and waits (bounded) for the acknowledgement.
@@ -107,8 +123,13 @@ impl SioClient {
         let id = self.next_ack.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.acks.lock().unwrap().insert(id, tx);
-        self.out.send(Message::text(format!("42{id}{}", json!([event, arg])))).expect("socket open");
-        tokio::time::timeout(WAIT, rx).await.expect("ack within the wait").expect("ack")
+        self.out
+            .send(Message::text(format!("42{id}{}", json!([event, arg]))))
+            .expect("socket open");
+        tokio::time::timeout(WAIT, rx)
+            .await
+            .expect("ack within the wait")
+            .expect("ack")
     }
 
     pub async fn join(&self, room: &str) -> Value {
@@ -117,7 +138,8 @@ impl SioClient {
 
     /// Joins with a cursor: returns the ack and how many notifications had arrived before it.
     pub async fn join_after(&self, room: &str, after: &str) -> (Value, usize) {
-        self.emit_with_ack_counted("join-room", json!({ "room": room, "after": after })).await
+        self.emit_with_ack_counted("join-room", json!({ "room": room, "after": after }))
+            .await
     }
 
     pub async fn leave(&self, room: &str) -> Value {
@@ -173,11 +195,15 @@ impl SioClient {
 /// loop has stalled. Holding the returned stream keeps the TCP connection open.
 pub async fn stalled_socket(addr: SocketAddr, room: &str) -> impl Send {
     let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("ws connect");
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("ws connect");
     assert!(next_text(&mut ws).await.unwrap().starts_with('0'));
     ws.send(Message::text("40")).await.unwrap();
     assert!(next_text(&mut ws).await.unwrap().starts_with("40"));
-    ws.send(Message::text(format!("421{}", json!(["join-room", room])))).await.unwrap();
+    ws.send(Message::text(format!("421{}", json!(["join-room", room]))))
+        .await
+        .unwrap();
     loop {
         let packet = next_text(&mut ws).await.unwrap();
         if packet.starts_with("431") {
@@ -199,7 +225,9 @@ where
             Ok(None) => return Err("connection closed".into()),
             Ok(Some(Err(e))) => return Err(e.to_string()),
             Ok(Some(Ok(Message::Text(text)))) if text.as_str() == "2" => {
-                ws.send(Message::text("3")).await.map_err(|_| "send failed".to_string())?;
+                ws.send(Message::text("3"))
+                    .await
+                    .map_err(|_| "send failed".to_string())?;
             }
             Ok(Some(Ok(Message::Text(text)))) => return Ok(text.to_string()),
             Ok(Some(Ok(_))) => continue,
