@@ -132,11 +132,11 @@ fn join_room(
     let Some(room) = room_of(&arg).and_then(|r| Room::parse(r).ok()) else {
         return refuse("invalid_room");
     };
-    // Set by the handshake middleware, which every connected socket went through.
-    let principal = socket
-        .extensions
-        .get::<Principal>()
-        .unwrap_or(Principal::Anonymous);
+    // Set by the handshake middleware, which every connected socket went through; a socket
+    // without one is refused rather than trusted.
+    let Some(principal) = socket.extensions.get::<Principal>() else {
+        return refuse("forbidden");
+    };
     if !principal.can_read(&room) {
         tracing::debug!(sid = %socket.id, who = %principal.label(), %room, "join refused: forbidden");
         return refuse("forbidden");
