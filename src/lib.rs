@@ -60,6 +60,8 @@ pub struct AppState {
 
 /// Largest Socket.IO packet a client may send: clients only send `join-room` / `leave-room`.
 const MAX_CLIENT_PACKET_BYTES: usize = 16 * 1024;
+/// On shutdown, how long sockets get to receive what was already emitted before they close.
+const SOCKET_FLUSH_GRACE: Duration = Duration::from_millis(500);
 /// How often idle history rooms are looked for.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -156,6 +158,12 @@ pub async fn run(
         // Stop consuming first: unacked deliveries go back to the queue, nothing is half done.
         if let Some(consumer) = consumer {
             let _ = consumer.await;
+        }
+        // Closing a transport drops what is still queued for it, so sockets first get a moment
+        // to receive what was already emitted (and acked). Closing the transport rather than
+        // sending DISCONNECT makes standard clients reconnect, to another instance.
+        if app.metrics.sockets_connected.get() > 0 {
+            tokio::time::sleep(SOCKET_FLUSH_GRACE.min(app.config.shutdown_timeout / 2)).await;
         }
         io.close().await;
         server_stop.cancel();

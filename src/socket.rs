@@ -32,14 +32,21 @@ pub fn attach(io: &SocketIo, app: Arc<AppState>) {
         let app = for_middleware.clone();
         async move { authenticate(&app, &socket, auth.ok()) }
     };
+    // socketioxide sends CONNECT, then calls this closure inline and spawns the future it
+    // returns: anything that must be in place before the client's first event happens here,
+    // not in the future. (Event handlers are registered even earlier, in `authenticate`.)
     let on_connect = move |socket: SocketRef| {
-        let app = app.clone();
-        async move { on_connect(app, socket) }
+        count_connection(&app, &socket);
+        async {}
     };
     io.ns("/", on_connect.with(authenticate));
 }
 
-fn authenticate(app: &AppState, socket: &SocketRef, auth: Option<Value>) -> Result<(), Refusal> {
+fn authenticate(
+    app: &Arc<AppState>,
+    socket: &SocketRef,
+    auth: Option<Value>,
+) -> Result<(), Refusal> {
     if app.metrics.sockets_connected.get() as usize >= app.config.limits.max_connections {
         tracing::warn!(
             limit = app.config.limits.max_connections,
@@ -56,6 +63,9 @@ fn authenticate(app: &AppState, socket: &SocketRef, auth: Option<Value>) -> Resu
     match app.auth.authenticate(token.as_deref()) {
         Ok(principal) => {
             socket.extensions.insert(principal);
+            // Before CONNECT is sent, so a client that emits `join-room` the moment it is
+            // connected always finds the handler.
+            register_events(app, socket);
             Ok(())
         }
         Err(error) => {
@@ -71,14 +81,16 @@ fn query_token(query: Option<&str>) -> Option<String> {
         .map(|(_, value)| value.into_owned())
 }
 
-fn on_connect(app: Arc<AppState>, socket: SocketRef) {
+fn count_connection(app: &AppState, socket: &SocketRef) {
     app.metrics.sockets_connected.inc();
     let metrics = app.metrics.clone();
     socket.on_disconnect(move || {
         metrics.sockets_connected.dec();
         async {}
     });
+}
 
+fn register_events(app: &Arc<AppState>, socket: &SocketRef) {
     let limiter = Arc::new(Mutex::new(JoinLimiter::new(
         app.config.limits.join_rate_per_sec,
     )));
@@ -159,6 +171,7 @@ fn join_room(
         Some(other) => Some(other.to_string()),
     };
     let reset = app.delivery.join(socket, &room, after.as_deref());
+    tracing::debug!(sid = %socket.id, %room, ?after, reset, "joined");
     if reset {
         json!({ "ok": true, "room": room.as_str(), "reset": true })
     } else {

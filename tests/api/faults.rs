@@ -40,12 +40,7 @@ async fn readiness_follows_the_broker_and_what_was_published_during_a_cut_arrive
         .await;
     // Meanwhile sockets and polling keep serving, and ingest says the broker is away.
     assert_eq!(
-        app.get(
-            "/api/notifications?room=cms:dashboard",
-            Some(&app.cms_token())
-        )
-        .await
-        .status(),
+        app.poll_status("cms:dashboard", &app.cms_token()).await,
         200
     );
     let ingest = app
@@ -133,12 +128,7 @@ async fn starting_with_the_broker_unreachable_serves_and_connects_when_it_return
     assert_eq!(app.get("/healthz", None).await.status(), 200);
     let mut cms = app.joined(&app.cms_token(), &["cms:dashboard"]).await;
     assert_eq!(
-        app.get(
-            "/api/notifications?room=cms:dashboard",
-            Some(&app.cms_token())
-        )
-        .await
-        .status(),
+        app.poll_status("cms:dashboard", &app.cms_token()).await,
         200
     );
 
@@ -171,14 +161,9 @@ async fn a_queue_declared_with_other_arguments_gives_one_clear_error() {
         ..Settings::rabbit()
     })
     .await;
-    let body = app
-        .wait_readyz_until(503, |b| {
-            b["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("other arguments"))
-        })
+    let message = app
+        .not_ready_because(|m| m.contains("other arguments"))
         .await;
-    let message = body["message"].as_str().unwrap();
     assert!(
         message.contains(&queue) && message.contains("RABBITMQ_QUEUE"),
         "{message}"
@@ -267,7 +252,11 @@ impl Daemon {
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let (tx, log) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
+            let echo = std::env::var_os("TEST_LOG").is_some();
             while let Ok(Some(line)) = lines.next_line().await {
+                if echo {
+                    eprintln!("[daemon] {line}");
+                }
                 let _ = tx.send(line);
             }
         });

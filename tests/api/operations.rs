@@ -34,14 +34,10 @@ async fn amqps_refuses_a_certificate_it_cannot_verify() {
         ..Settings::rabbit()
     })
     .await;
-    let body = app
-        .wait_readyz_until(503, |b| {
-            b["message"]
-                .as_str()
-                .is_some_and(|m| !m.contains("connecting to RabbitMQ"))
-        })
-        .await;
-    let message = body["message"].as_str().unwrap().to_lowercase();
+    let message = app
+        .not_ready_because(|m| !m.contains("connecting to RabbitMQ"))
+        .await
+        .to_lowercase();
     assert!(
         message.contains("certificate") || message.contains("issuer"),
         "{message}"

@@ -166,6 +166,23 @@ impl TestApp {
         self.wait_readyz_until(status, |_| true).await;
     }
 
+    /// Waits (bounded) until `/readyz` answers 503 with a reason that satisfies `accept`;
+    /// returns the reason.
+    pub async fn not_ready_because(&self, accept: impl Fn(&str) -> bool) -> String {
+        let body = self
+            .wait_readyz_until(503, |b| b["message"].as_str().is_some_and(&accept))
+            .await;
+        body["message"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// The status of a polling request for `room` with `token`.
+    pub async fn poll_status(&self, room: &str, token: &str) -> u16 {
+        self.get(&format!("/api/notifications?room={room}"), Some(token))
+            .await
+            .status()
+            .as_u16()
+    }
+
     /// Waits (bounded) until `/readyz` answers `status` with a body that satisfies `accept`;
     /// returns that body.
     pub async fn wait_readyz_until(&self, status: u16, accept: impl Fn(&Value) -> bool) -> Value {
