@@ -1,4 +1,5 @@
 // Helpers shared by the customer page and the CMS dashboard.
+import { connectNotifications } from './notify-client.js';
 
 const enc = new TextEncoder();
 const b64url = (bytes) =>
@@ -140,4 +141,30 @@ export function takeParams(...secretNames) {
     history.replaceState(null, '', url);
   }
   return params;
+}
+
+/**
+ * Connect with notify-client and wire the page's mode and state badges, message line and
+ * Connect/Disconnect buttons (elements #mode, #state, #message, #connect, #disconnect).
+ * @returns the connection handle, also exposed as `window.notifyConnection` for tests
+ */
+export function connectPage({ baseUrl, token, rooms, onNotification }) {
+  const $ = (id) => document.getElementById(id);
+  $('connect').disabled = true;
+  $('disconnect').disabled = false;
+  const conn = connectNotifications({
+    baseUrl,
+    token,
+    rooms,
+    onNotification,
+    onMode: (mode) => showMode($('mode'), mode),
+    onState: (state) => {
+      showState($('state'), state);
+      $('connect').disabled = state !== 'error'; // allow a retry once the client has given up
+      if (state === 'connected' || state === 'polling') showMessage($('message'), ''); // recovered
+    },
+    onError: (err) => showMessage($('message'), err.message),
+  });
+  window.notifyConnection = conn;
+  return conn;
 }

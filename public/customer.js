@@ -1,8 +1,8 @@
 // Customer page: one customer's notifications, live.
-import { connectNotifications } from './notify-client.js';
 import {
+  connectPage,
   fetchConfig, mintDevToken, resolveToken, notificationItem,
-  showMode, showState, showMessage, takeParams,
+  showMode, showMessage, takeParams,
 } from './common.js';
 
 const MAX_ITEMS = 200;
@@ -62,23 +62,7 @@ async function connect() {
     received = 0;
     $('event-count').textContent = '0';
     $('empty').hidden = false;
-    $('connect').disabled = true;
-    $('disconnect').disabled = false;
-    conn = connectNotifications({
-      baseUrl,
-      token,
-      rooms: [room],
-      onNotification: addNotification,
-      onMode: (mode) => showMode($('mode'), mode),
-      onState: (state) => {
-        showState($('state'), state);
-        $('connect').disabled = state !== 'error'; // allow a retry once the client has given up
-        if (state === 'connected' || state === 'polling') showMessage($('message'), ''); // recovered
-      },
-      onError: (err) => showMessage($('message'), err.message),
-    });
-    // Exposed for tests and for poking around in the console.
-    window.notifyConnection = conn;
+    conn = connectPage({ baseUrl, token, rooms: [room], onNotification: addNotification });
   } catch (err) {
     showMessage($('message'), err.message);
     $('connect').disabled = false;

@@ -1,8 +1,8 @@
 // CMS dashboard: counters per category, a per-minute chart of the last hour and the latest events.
-import { connectNotifications } from './notify-client.js';
 import {
+  connectPage,
   CATEGORIES, categoryOf, fetchConfig, resolveToken, notificationItem, timeOf,
-  showMode, showState, showMessage, takeParams,
+  showMode, showMessage, takeParams,
 } from './common.js';
 
 const ROOM = 'cms:dashboard';
@@ -197,22 +197,7 @@ async function connect() {
     events.replaceChildren();
     $('empty').hidden = false;
     scheduleRedraw();
-    $('connect').disabled = true;
-    $('disconnect').disabled = false;
-    conn = connectNotifications({
-      baseUrl: $('base-url').value,
-      token,
-      rooms: [ROOM],
-      onNotification: addNotification,
-      onMode: (mode) => showMode($('mode'), mode),
-      onState: (state) => {
-        showState($('state'), state);
-        $('connect').disabled = state !== 'error'; // allow a retry once the client has given up
-        if (state === 'connected' || state === 'polling') showMessage($('message'), ''); // recovered
-      },
-      onError: (err) => showMessage($('message'), err.message),
-    });
-    window.notifyConnection = conn;
+    conn = connectPage({ baseUrl: $('base-url').value, token, rooms: [ROOM], onNotification: addNotification });
   } catch (err) {
     showMessage($('message'), err.message);
     $('connect').disabled = false;
