@@ -74,7 +74,12 @@ fn next_events(
             }),
         ));
     }
-    let roll: f64 = rng.random();
+    // With nothing going on yet, start a session at once so a first look shows movement.
+    let roll: f64 = if sessions.is_empty() && *next_session == 1 {
+        0.0
+    } else {
+        rng.random()
+    };
     if roll < 0.35 && sessions.len() < 4 {
         let customer = *CUSTOMERS.choose(&mut rng).expect("non-empty");
         let station = *STATIONS.choose(&mut rng).expect("non-empty");

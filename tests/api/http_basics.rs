@@ -44,3 +44,33 @@ async fn the_public_pages_are_served() {
     assert_eq!(app.get("/no-such-page.html", None).await.status(), 404);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_demo_feed_moves_the_pages_without_a_broker() {
+    let app = TestApp::spawn(Settings::local().var("DEMO", "true")).await;
+    let mut dashboard = app.socket(&app.cms_token()).await;
+    // The feed may have started before we joined: replaying the room's history (an unknown
+    // cursor) makes the first event ours either way.
+    let (ack, _) = dashboard.join_after("cms:dashboard", "none-0").await;
+    assert_eq!(ack["ok"], true);
+    let first = dashboard.next().await;
+    assert_eq!(
+        (first["type"].as_str(), first["category"].as_str()),
+        (Some("charging.started"), Some("session"))
+    );
+    let customer = first["data"]["customerId"].to_string();
+    let page: Value = app
+        .get(
+            &format!("/api/notifications?room=customer:{customer}"),
+            Some(&app.customer_token(&customer)),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        page["notifications"][0]["type"], "charging.started",
+        "the customer sees it too"
+    );
+    app.stop().await;
+}
