@@ -74,3 +74,35 @@ async fn the_demo_feed_moves_the_pages_without_a_broker() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn cors_allows_only_the_configured_origins_on_the_api_and_socket_io() {
+    let app =
+        TestApp::spawn(Settings::local().var("CORS_ORIGINS", "https://app.example.com")).await;
+    let client = reqwest::Client::new();
+    for path in ["/api/notifications", "/socket.io/?EIO=4&transport=polling"] {
+        for (origin, allowed) in [
+            ("https://app.example.com", true),
+            ("https://evil.example.net", false),
+        ] {
+            let response = client
+                .request(reqwest::Method::OPTIONS, format!("{}{path}", app.base))
+                .header("Origin", origin)
+                .header("Access-Control-Request-Method", "GET")
+                .header("Access-Control-Request-Headers", "authorization")
+                .send()
+                .await
+                .unwrap();
+            let header = response
+                .headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.to_str().unwrap().to_string());
+            assert_eq!(
+                header.as_deref() == Some(origin),
+                allowed,
+                "{path} from {origin}: {header:?}"
+            );
+        }
+    }
+    app.stop().await;
+}
