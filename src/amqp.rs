@@ -21,7 +21,9 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::uri::AMQPUri;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind, ExchangeKind};
+use lapin::{
+    Acker, BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind, ExchangeKind,
+};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
@@ -188,13 +190,15 @@ impl Broker {
             "consuming from RabbitMQ"
         );
 
+        let mut acks = PendingAcks::new(ack_batch(self.config.prefetch));
         loop {
             tokio::select! {
                 // Checked first so that shutdown stops taking new deliveries at once.
                 biased;
                 _ = shutdown.cancelled() => {
-                    // Closing returns every unacked (prefetched, not yet emitted) delivery to
-                    // the queue; none was acked without being emitted.
+                    // What was emitted is acked; closing returns every other delivery
+                    // (prefetched, not yet emitted) to the queue.
+                    let _ = guarded(acks.flush(), &mut events).await;
                     let _ = channel.close(200, "shutting down".into()).await;
                     let _ = connection.close(200, "shutting down".into()).await;
                     tracing::info!("stopped consuming from RabbitMQ");
@@ -202,15 +206,20 @@ impl Broker {
                 }
                 error = connection_error(&mut events) => return Err(error),
                 next = consumer.next() => match next {
-                    Some(Ok(delivery)) => tokio::select! {
-                        handled = self.handle(delivery, &publisher) => handled?,
-                        // An ack cut short by a lost connection: the broker redelivers the
-                        // message (flagged redelivered) and the dedupe window recognises it.
-                        error = connection_error(&mut events) => return Err(error),
-                    },
+                    Some(Ok(delivery)) => {
+                        if let Some(acker) = guarded(self.handle(delivery, &publisher), &mut events).await?
+                            && acks.add(acker)
+                        {
+                            guarded(acks.flush(), &mut events).await?;
+                        }
+                    }
                     Some(Err(error)) => return Err(error.into()),
                     None => return Err(SessionError::ConsumerCancelled),
                 },
+                // Polled only when no delivery is ready: ack what was emitted so far.
+                _ = std::future::ready(()), if acks.pending() => {
+                    guarded(acks.flush(), &mut events).await?;
+                }
             }
         }
     }
@@ -296,11 +305,13 @@ impl Broker {
         Ok(())
     }
 
+    /// Emits a delivery, or dead-letters it. Returns the acker of an emitted delivery, whose
+    /// ack the caller batches; a dead letter is settled here.
     async fn handle(
         &self,
         delivery: AmqpDelivery,
         publisher: &Channel,
-    ) -> Result<(), SessionError> {
+    ) -> Result<Option<Acker>, SessionError> {
         let properties = &delivery.properties;
         let source = Source {
             category: CategoryFrom::RoutingKey(delivery.routing_key.as_str()),
@@ -317,11 +328,13 @@ impl Broker {
                     },
                 };
                 self.delivery.deliver(&envelope, key);
-                delivery.acker.ack(BasicAckOptions::default()).await?;
+                Ok(Some(delivery.acker))
             }
-            Err(rejection) => self.dead_letter(delivery, rejection, publisher).await?,
+            Err(rejection) => {
+                self.dead_letter(delivery, rejection, publisher).await?;
+                Ok(None)
+            }
         }
-        Ok(())
     }
 
     /// Republishes a rejected message to the dead-letter exchange with its reason, then acks it.
@@ -430,6 +443,65 @@ impl Broker {
     }
 }
 
+/// Acks of emitted deliveries, sent as one `multiple` ack for the whole batch: one frame and
+/// one wake-up of lapin's I/O thread instead of one per message. Only deliveries that were
+/// emitted and stored are ever in a batch.
+struct PendingAcks {
+    /// Acker of the latest emitted delivery; acking it with `multiple` acks all before it.
+    last: Option<Acker>,
+    count: usize,
+    batch: usize,
+}
+
+impl PendingAcks {
+    fn new(batch: usize) -> Self {
+        Self {
+            last: None,
+            count: 0,
+            batch,
+        }
+    }
+
+    /// Adds an emitted delivery; `true` when the batch is full and should be flushed now.
+    fn add(&mut self, acker: Acker) -> bool {
+        self.last = Some(acker);
+        self.count += 1;
+        self.count >= self.batch
+    }
+
+    fn pending(&self) -> bool {
+        self.last.is_some()
+    }
+
+    async fn flush(&mut self) -> Result<(), SessionError> {
+        if let Some(acker) = self.last.take() {
+            self.count = 0;
+            acker.ack(BasicAckOptions { multiple: true }).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The largest ack batch: a quarter of the prefetch, so the broker keeps sending while a batch
+/// fills, and at most 64 deliveries to redeliver after a connection loss.
+fn ack_batch(prefetch: u16) -> usize {
+    (usize::from(prefetch) / 4).clamp(1, 64)
+}
+
+/// Runs `work`, unless the connection fails first: a lapin future may never resolve once its
+/// connection is gone.
+async fn guarded<T>(
+    work: impl Future<Output = Result<T, SessionError>>,
+    events: &mut (impl futures_util::Stream<Item = lapin::Event> + Unpin),
+) -> Result<T, SessionError> {
+    tokio::select! {
+        result = work => result,
+        // Work cut short (an ack, say) is redelivered by the broker, flagged redelivered, and
+        // the dedupe window recognises it.
+        error = connection_error(events) => Err(error),
+    }
+}
+
 /// Resolves with the first connection-level error lapin reports.
 async fn connection_error(
     events: &mut (impl futures_util::Stream<Item = lapin::Event> + Unpin),
@@ -512,6 +584,14 @@ mod tests {
             assert!(d <= ceiling && d >= ceiling / 2, "{failures}: {d:?}");
         }
         assert!(backoff(30, cap) >= Duration::from_secs(15));
+    }
+
+    #[test]
+    fn ack_batches_stay_well_inside_the_prefetch() {
+        assert_eq!(ack_batch(1), 1);
+        assert_eq!(ack_batch(20), 5);
+        assert_eq!(ack_batch(256), 64);
+        assert_eq!(ack_batch(u16::MAX), 64);
     }
 
     #[test]

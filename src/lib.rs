@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -132,6 +133,13 @@ pub async fn run(
     }
 
     let server_stop = CancellationToken::new();
+    // Notifications are small writes that must leave at once: without TCP_NODELAY, Nagle's
+    // algorithm holds them back waiting for the previous write's ACK (a 10 ms p99 measured).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
+    });
     let server =
         axum::serve(listener, router).with_graceful_shutdown(server_stop.clone().cancelled_owned());
     let mut server = tokio::spawn(server.into_future());
@@ -178,6 +186,33 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Pending connections the kernel queues for `accept`: bursts of reconnecting clients (after a
+/// deploy, say) are queued instead of dropped and retried a second later.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `HOST:PORT` with a listen backlog sized for reconnect storms.
+pub async fn bind(address: &str) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host(address).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // A restarted daemon can bind again while old connections are in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(addr)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error
+        .unwrap_or_else(|| std::io::Error::other(format!("{address} resolves to no address"))))
 }
 
 async fn housekeeping(delivery: Arc<Delivery>, stop: CancellationToken) {

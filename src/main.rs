@@ -76,7 +76,7 @@ async fn main() -> ExitCode {
 async fn serve(config: Config) -> anyhow::Result<()> {
     notify_bridge::telemetry::init(&config.log_filter, config.log_format);
     let address = config.listen_address();
-    let listener = tokio::net::TcpListener::bind(&address)
+    let listener = notify_bridge::bind(&address)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {address} (HOST/PORT): {e}"))?;
     let shutdown = CancellationToken::new();

@@ -308,21 +308,32 @@ async fn sigterm_with_deliveries_in_flight_loses_nothing_and_exits_zero() {
         .unwrap();
     assert_eq!(cms.join("cms:dashboard").await["ok"], true);
 
-    const TOTAL: u64 = 2000;
+    // The producer keeps publishing (with confirms) until the daemon has exited, so deliveries
+    // are in flight whenever SIGTERM lands.
     let (_connection, channel) = open_publisher().await;
-    for n in 0..TOTAL {
-        let body = json!({ "type": "load", "data": { "n": n } }).to_string();
-        channel
-            .basic_publish(
-                topology.exchange.as_str().into(),
-                "notification.customer".into(),
-                Default::default(),
-                body.as_bytes(),
-                Default::default(),
-            )
-            .await
-            .unwrap();
-    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let producer = tokio::spawn({
+        let (channel, exchange, stop) = (channel.clone(), topology.exchange.clone(), stop.clone());
+        async move {
+            let mut published = 0u64;
+            while !stop.is_cancelled() {
+                let body = json!({ "type": "load", "data": { "n": published } }).to_string();
+                let confirm = channel
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        "notification.customer".into(),
+                        Default::default(),
+                        body.as_bytes(),
+                        Default::default(),
+                    )
+                    .await
+                    .unwrap();
+                assert!(confirm.await.unwrap().is_ack());
+                published += 1;
+            }
+            published
+        }
+    });
     let mut received = Vec::new();
     while received.len() < 200 {
         received.push(cms.next().await["data"]["n"].as_u64().unwrap());
@@ -340,6 +351,9 @@ async fn sigterm_with_deliveries_in_flight_loses_nothing_and_exits_zero() {
             .iter()
             .filter_map(|n| n["data"]["n"].as_u64()),
     );
+
+    stop.cancel();
+    let published = producer.await.unwrap();
 
     let passive = QueueDeclareOptions {
         passive: true,
@@ -363,13 +377,13 @@ async fn sigterm_with_deliveries_in_flight_loses_nothing_and_exits_zero() {
         "nothing emitted twice"
     );
     assert!(
-        received.len() as u64 + left as u64 >= TOTAL,
-        "lost notifications: {} emitted + {left} still queued < {TOTAL}",
+        received.len() as u64 + u64::from(left) >= published,
+        "lost notifications: {} emitted + {left} still queued < {published} published",
         received.len()
     );
     assert!(
-        left > 0,
-        "shutdown came mid-stream, so some must still be queued"
+        (received.len() as u64) < published,
+        "the daemon stopped while messages kept coming"
     );
 }
 
