@@ -1,0 +1,723 @@
+//! The scenarios. Each prints one block of figures and puts its headline numbers in the
+//! summary (`--summary FILE`, read by run-bench.sh for its targets table).
+
+use std::fmt::Display;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::amqp::{self, Confirmed, Plan, Publisher};
+use crate::fleet::{self, Fleet, Role};
+use crate::procstat::{Proc, mib};
+use crate::sio::Endpoint;
+use crate::tally::{Shared, Tally, unix_micros};
+use crate::token::Tokens;
+
+pub type Result<T> = std::result::Result<T, String>;
+
+/// Everything the scenarios share.
+pub struct Ctx {
+    pub base: String,
+    pub amqp: String,
+    pub exchange: String,
+    pub endpoint: Endpoint,
+    pub tokens: Tokens,
+    pub daemon: Proc,
+    pub http: reqwest::Client,
+    pub persistent: bool,
+    pub concurrency: usize,
+    pub summary: Summary,
+}
+
+/// `key=value` lines for scripts.
+#[derive(Default)]
+pub struct Summary(Vec<String>);
+
+impl Summary {
+    pub fn put(&mut self, key: &str, value: impl Display) {
+        self.0.push(format!("{key}={value}"));
+    }
+
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let mut text = self.0.join("\n");
+        text.push('\n');
+        std::fs::write(path, text)
+    }
+}
+
+/// A fresh id per scenario: message ids never repeat (the daemon dedupes them), and sockets
+/// ignore late messages of an earlier scenario.
+fn run_id() -> u64 {
+    unix_micros()
+}
+
+/// The daemon (and our own process) at one moment.
+struct Snapshot {
+    rss: Option<u64>,
+    cpu: Option<f64>,
+    own_cpu: Option<f64>,
+    stalled: Option<f64>,
+}
+
+impl Snapshot {
+    async fn take(ctx: &Ctx) -> Self {
+        Self {
+            rss: ctx.daemon.rss_kib(),
+            cpu: ctx.daemon.cpu_secs(),
+            own_cpu: Proc::current().cpu_secs(),
+            stalled: metric(ctx, "notify_bridge_sockets_stalled_total").await,
+        }
+    }
+}
+
+/// The sum of a metric's series on the daemon's `/metrics`.
+async fn metric(ctx: &Ctx, name: &str) -> Option<f64> {
+    let response = ctx
+        .http
+        .get(format!("{}/metrics", ctx.base))
+        .send()
+        .await
+        .ok()?;
+    let text = response.text().await.ok()?;
+    let values = text.lines().filter_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            return None;
+        }
+        rest.rsplit(' ').next()?.parse::<f64>().ok()
+    });
+    Some(values.sum())
+}
+
+fn delta(before: Option<f64>, after: Option<f64>) -> Option<f64> {
+    Some(after? - before?)
+}
+
+fn opt<T: Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "n/a".into(), |v| v.to_string())
+}
+
+fn per_sec(count: u64, secs: f64) -> f64 {
+    if secs > 0.0 { count as f64 / secs } else { 0.0 }
+}
+
+fn sockets_line(fleet: &Fleet) -> String {
+    format!(
+        "{} connected+joined, {} failed, in {:.2} s ({:.0}/s){}",
+        fleet.connected,
+        fleet.failed(),
+        fleet.secs,
+        per_sec(fleet.connected, fleet.secs),
+        fleet.describe_failures()
+    )
+}
+
+/// Waits until `expected` distinct notifications have arrived, or nothing has arrived for
+/// `idle`. Returns whether everything arrived.
+async fn wait_for_delivery(shared: &Shared, expected: u64, idle: Duration) -> bool {
+    let mut last = shared.received.load(Ordering::Relaxed);
+    let mut last_change = Instant::now();
+    loop {
+        let now = shared.received.load(Ordering::Relaxed);
+        if now >= expected {
+            return true;
+        }
+        if now != last {
+            (last, last_change) = (now, Instant::now());
+        } else if last_change.elapsed() >= idle {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What every socket should have received against what it did.
+#[derive(Default)]
+struct Accounting {
+    /// Copies the sockets that joined should have received: per message, its customer's
+    /// socket and every cms socket.
+    expected: u64,
+    /// Expected copies that arrived (each counted once).
+    got: u64,
+    duplicates: u64,
+    /// Arrived at a socket that should not have had them.
+    misrouted: u64,
+    stray: u64,
+    ended_early: u64,
+    receipts: u64,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    cms_receipts: u64,
+    cms_first: Option<Instant>,
+    cms_last: Option<Instant>,
+}
+
+impl Accounting {
+    fn lost(&self) -> u64 {
+        self.expected - self.got
+    }
+
+    fn window_secs(first: Option<Instant>, last: Option<Instant>) -> f64 {
+        match (first, last) {
+            (Some(first), Some(last)) => (last - first).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+}
+
+/// Expected copies with the messages the broker confirmed.
+fn expected_copies(sockets: impl Iterator<Item = Role>, confirmed: &Confirmed, plan: &Plan) -> u64 {
+    let per_customer = per_customer(confirmed, plan);
+    let acked = confirmed.acked_count();
+    sockets
+        .map(|role| match role {
+            Role::Customer(id) => per_customer[id as usize],
+            Role::Cms => acked,
+        })
+        .sum()
+}
+
+fn per_customer(confirmed: &Confirmed, plan: &Plan) -> Vec<u64> {
+    let mut counts = vec![0; plan.customers.max(1) as usize];
+    for n in (0..confirmed.sent).filter(|&n| confirmed.acked.contains(n)) {
+        counts[plan.recipient(n) as usize] += 1;
+    }
+    counts
+}
+
+fn account(tallies: &[(Role, Option<Tally>)], confirmed: &Confirmed, plan: &Plan) -> Accounting {
+    let per_customer = per_customer(confirmed, plan);
+    let acked = confirmed.acked_count();
+    let mut total = Accounting::default();
+    for (role, tally) in tallies {
+        let Some(tally) = tally else { continue };
+        let wanted = |n: u64| confirmed.acked.contains(n) && tally.seen.contains(n);
+        let (expected, got) = match *role {
+            Role::Customer(id) => {
+                let step = usize::try_from(plan.customers.max(1)).unwrap_or(1);
+                let got = (u64::from(id)..confirmed.sent)
+                    .step_by(step)
+                    .filter(|&n| wanted(n))
+                    .count() as u64;
+                (per_customer[id as usize], got)
+            }
+            Role::Cms => {
+                total.cms_receipts += tally.receipts;
+                total.cms_first = min_instant(total.cms_first, tally.first);
+                total.cms_last = total.cms_last.max(tally.last);
+                (
+                    acked,
+                    (0..confirmed.sent).filter(|&n| wanted(n)).count() as u64,
+                )
+            }
+        };
+        total.expected += expected;
+        total.got += got;
+        total.misrouted += tally.seen.count() - got;
+        total.duplicates += tally.duplicates;
+        total.stray += tally.stray;
+        total.ended_early += u64::from(tally.ended_early.is_some());
+        total.receipts += tally.receipts;
+        total.first = min_instant(total.first, tally.first);
+        total.last = total.last.max(tally.last);
+    }
+    total
+}
+
+fn min_instant(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn delivery_line(acc: &Accounting) -> String {
+    format!(
+        "{} of {} expected copies, lost {}, duplicated {}, misrouted {}, stray {}, sockets closed early {}",
+        acc.got,
+        acc.expected,
+        acc.lost(),
+        acc.duplicates,
+        acc.misrouted,
+        acc.stray,
+        acc.ended_early
+    )
+}
+
+/// p50 … max in milliseconds.
+fn percentiles(shared: &Shared) -> [f64; 6] {
+    let h = shared.latency.lock().unwrap_or_else(|p| p.into_inner());
+    let ms = |us: u64| us as f64 / 1000.0;
+    [
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.9)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.value_at_quantile(0.999)),
+        ms(h.max()),
+        h.len() as f64,
+    ]
+}
+
+fn latency_line(p: &[f64; 6]) -> String {
+    format!(
+        "p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3} ms  ({} samples)",
+        p[0], p[1], p[2], p[3], p[4], p[5]
+    )
+}
+
+async fn publisher(ctx: &Ctx, plan: &Plan) -> Result<(lapin::Connection, Publisher)> {
+    let connection = amqp::connect(&ctx.amqp, "loadgen publisher").await?;
+    let publisher = Publisher::new(&connection, plan.clone()).await?;
+    Ok((connection, publisher))
+}
+
+/// Scenario 1: end-to-end latency at a fixed rate.
+pub async fn latency(
+    ctx: &mut Ctx,
+    customers: u32,
+    cms: u32,
+    rate: u64,
+    duration: Duration,
+) -> Result<()> {
+    let count = (rate as f64 * duration.as_secs_f64()).round() as u64;
+    println!(
+        "\n== latency: {customers} customer + {cms} cms sockets, {rate} notifications/s for {:.0} s \
+         (each to 1 customer + {cms} cms sockets) ==",
+        duration.as_secs_f64()
+    );
+    let plan = Plan {
+        run: run_id(),
+        customers,
+        exchange: ctx.exchange.clone(),
+        persistent: ctx.persistent,
+    };
+    let shared = Arc::new(Shared::new(plan.run));
+    let rss_idle = ctx.daemon.rss_kib();
+    let fleet = Fleet::open(
+        &ctx.endpoint,
+        fleet::specs(&ctx.tokens, customers, cms),
+        ctx.concurrency,
+        Some(shared.clone()),
+    )
+    .await;
+    println!("sockets          {}", sockets_line(&fleet));
+    if fleet.connected == 0 {
+        fleet.close().await;
+        return Err("no socket could connect".into());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (connection, mut publisher) = publisher(ctx, &plan).await?;
+    let before = Snapshot::take(ctx).await;
+    let started = Instant::now();
+    publisher.publish_paced(count, rate).await?;
+    let confirmed = publisher.finish().await;
+    let publish_secs = started.elapsed().as_secs_f64();
+    let _ = connection.close(200, "done".into()).await;
+
+    let expected = expected_copies(fleet.joined_roles(), &confirmed, &plan);
+    let complete = wait_for_delivery(&shared, expected, Duration::from_secs(5)).await;
+    let after = Snapshot::take(ctx).await;
+    let tallies = fleet.close().await;
+    let acc = account(&tallies, &confirmed, &plan);
+    let p = percentiles(&shared);
+
+    let acked = confirmed.acked_count();
+    println!(
+        "published        {} (acked {}, nacked {}, unconfirmed {}) in {:.2} s = {:.1}/s",
+        confirmed.sent,
+        acked,
+        confirmed.nacked,
+        confirmed.failed,
+        publish_secs,
+        per_sec(confirmed.sent, publish_secs)
+    );
+    println!(
+        "delivered        {}{}",
+        delivery_line(&acc),
+        if complete {
+            ""
+        } else {
+            " (gave up after 5 s without progress)"
+        }
+    );
+    println!(
+        "received/s       {:.0} copies/s (from first to last receipt)",
+        per_sec(acc.receipts, Accounting::window_secs(acc.first, acc.last))
+    );
+    println!("latency          {}", latency_line(&p));
+    let cpu = delta(before.cpu, after.cpu);
+    let cpu_per_10k = cpu.map(|cpu| cpu / acked.max(1) as f64 * 10_000.0);
+    println!(
+        "daemon CPU       {} s for {acked} notifications = {} CPU-s per 10,000 notifications",
+        opt(cpu.map(|c| format!("{c:.2}"))),
+        opt(cpu_per_10k.map(|c| format!("{c:.3}")))
+    );
+    println!(
+        "daemon RSS       {} idle, {} with sockets before the run, {} after",
+        mib(rss_idle),
+        mib(before.rss),
+        mib(after.rss)
+    );
+    println!(
+        "loadgen CPU      {} s (shares the 2 cores with the daemon and RabbitMQ)",
+        opt(delta(before.own_cpu, after.own_cpu).map(|c| format!("{c:.2}")))
+    );
+    println!(
+        "stalled sockets  {} (daemon metric, during the run)",
+        opt(delta(before.stalled, after.stalled))
+    );
+
+    let s = &mut ctx.summary;
+    s.put("latency.sockets", fleet_sockets(&tallies));
+    s.put(
+        "latency.rate",
+        format!("{:.1}", per_sec(confirmed.sent, publish_secs)),
+    );
+    s.put("latency.p50_ms", format!("{:.3}", p[0]));
+    s.put("latency.p99_ms", format!("{:.3}", p[2]));
+    s.put("latency.p999_ms", format!("{:.3}", p[3]));
+    s.put("latency.max_ms", format!("{:.3}", p[4]));
+    s.put("latency.lost", acc.lost());
+    s.put("latency.duplicated", acc.duplicates);
+    s.put("latency.misrouted", acc.misrouted);
+    if let Some(c) = cpu_per_10k {
+        s.put("latency.cpu_s_per_10k", format!("{c:.3}"));
+    }
+    Ok(())
+}
+
+fn fleet_sockets(tallies: &[(Role, Option<Tally>)]) -> usize {
+    tallies.iter().filter(|(_, t)| t.is_some()).count()
+}
+
+/// Scenario 2: how close the bridge gets to what one bare consumer can take from the broker.
+pub async fn throughput(ctx: &mut Ctx, customers: u32, count: u64) -> Result<()> {
+    println!(
+        "\n== throughput: {count} notifications as fast as the broker takes them; {customers} customer + 1 cms sockets =="
+    );
+    let plan = Plan {
+        run: run_id(),
+        customers,
+        exchange: ctx.exchange.clone(),
+        persistent: ctx.persistent,
+    };
+    let ceiling = amqp::ceiling(&ctx.amqp, &plan, count).await?;
+    let ceiling_rate = per_sec(ceiling.consumed, ceiling.secs);
+    println!(
+        "ceiling          bare lapin consumer (own queue, prefetch 256, ack each): {} of {count} in {:.2} s = {:.0} msg/s \
+         (published at {:.0}/s)",
+        ceiling.consumed, ceiling.secs, ceiling_rate, ceiling.publish_rate
+    );
+
+    let plan = Plan {
+        run: run_id(),
+        ..plan
+    };
+    let shared = Arc::new(Shared::new(plan.run));
+    let fleet = Fleet::open(
+        &ctx.endpoint,
+        fleet::specs(&ctx.tokens, customers, 1),
+        ctx.concurrency,
+        Some(shared.clone()),
+    )
+    .await;
+    println!("sockets          {}", sockets_line(&fleet));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (connection, mut publisher) = publisher(ctx, &plan).await?;
+    let before = Snapshot::take(ctx).await;
+    publisher.publish(0..count).await?;
+    let confirmed = publisher.finish().await;
+    let _ = connection.close(200, "done".into()).await;
+    let expected = expected_copies(fleet.joined_roles(), &confirmed, &plan);
+    let complete = wait_for_delivery(&shared, expected, Duration::from_secs(10)).await;
+    let after = Snapshot::take(ctx).await;
+    let tallies = fleet.close().await;
+    let acc = account(&tallies, &confirmed, &plan);
+    let p = percentiles(&shared);
+
+    let cms_secs = Accounting::window_secs(acc.cms_first, acc.cms_last);
+    let bridge_rate = per_sec(acc.cms_receipts, cms_secs);
+    let ratio = if ceiling_rate > 0.0 {
+        bridge_rate / ceiling_rate * 100.0
+    } else {
+        0.0
+    };
+    println!(
+        "published        {} (acked {}) at {:.0}/s",
+        confirmed.sent,
+        confirmed.acked_count(),
+        per_sec(confirmed.sent, confirmed.send_secs())
+    );
+    println!(
+        "bridge           cms socket received {} in {:.2} s = {:.0} msg/s ({:.0} copies/s over all sockets)",
+        acc.cms_receipts,
+        cms_secs,
+        bridge_rate,
+        per_sec(acc.receipts, Accounting::window_secs(acc.first, acc.last))
+    );
+    println!(
+        "delivered        {}{}",
+        delivery_line(&acc),
+        if complete {
+            ""
+        } else {
+            " (gave up after 10 s without progress)"
+        }
+    );
+    println!("bridge/ceiling   {ratio:.1} %");
+    println!("queueing delay   {}", latency_line(&p));
+    println!(
+        "daemon CPU       {} s; RSS {} before, {} after",
+        opt(delta(before.cpu, after.cpu).map(|c| format!("{c:.2}"))),
+        mib(before.rss),
+        mib(after.rss)
+    );
+    println!(
+        "stalled sockets  {} (daemon metric, during the run)",
+        opt(delta(before.stalled, after.stalled))
+    );
+
+    let s = &mut ctx.summary;
+    s.put("throughput.ceiling_per_s", format!("{ceiling_rate:.0}"));
+    s.put("throughput.bridge_per_s", format!("{bridge_rate:.0}"));
+    s.put("throughput.ratio_pct", format!("{ratio:.1}"));
+    s.put("throughput.lost", acc.lost());
+    s.put("throughput.duplicated", acc.duplicates);
+    s.put("throughput.misrouted", acc.misrouted);
+    Ok(())
+}
+
+/// Scenario 3: many idle sockets: how fast they connect and join, and what each costs.
+pub async fn connections(ctx: &mut Ctx, count: u32) -> Result<()> {
+    println!(
+        "\n== connections: {count} customer sockets, {} handshakes in flight ==",
+        ctx.concurrency
+    );
+    let before = ctx.daemon.rss_kib();
+    let fleet = Fleet::open(
+        &ctx.endpoint,
+        fleet::specs(&ctx.tokens, count, 0),
+        ctx.concurrency,
+        None,
+    )
+    .await;
+    let rate = per_sec(fleet.connected, fleet.secs);
+    println!("sockets          {}", sockets_line(&fleet));
+    // Let allocator caches and the first heartbeat settle before reading RSS.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let with = ctx.daemon.rss_kib();
+    let gauge = metric(ctx, "notify_bridge_sockets_connected").await;
+    let per_connection = match (before, with) {
+        (Some(before), Some(with)) if fleet.connected > 0 => {
+            Some(with.saturating_sub(before) as f64 / fleet.connected as f64)
+        }
+        _ => None,
+    };
+    let tallies = fleet.close().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = ctx.daemon.rss_kib();
+    let early = tallies
+        .iter()
+        .filter(|(_, t)| t.as_ref().is_some_and(|t| t.ended_early.is_some()))
+        .count();
+    println!(
+        "daemon gauge     sockets_connected = {} while all were open",
+        opt(gauge)
+    );
+    println!(
+        "daemon RSS       {} before, {} with the sockets open, {} after closing them",
+        mib(before),
+        mib(with),
+        mib(after)
+    );
+    println!(
+        "per connection   {} KiB RSS per idle connection (delta / connected)",
+        opt(per_connection.map(|k| format!("{k:.1}")))
+    );
+    println!("closed early     {early} sockets were closed by the server while idle");
+
+    let s = &mut ctx.summary;
+    s.put("connections.connected", fleet_sockets(&tallies));
+    s.put(
+        "connections.failed",
+        count as usize - fleet_sockets(&tallies),
+    );
+    s.put("connections.per_s", format!("{rate:.0}"));
+    if let Some(k) = per_connection {
+        s.put("connections.kib_per_conn", format!("{k:.2}"));
+    }
+    Ok(())
+}
+
+/// Scenario 4: the polling route under a closed loop of `connections` clients.
+pub async fn http(ctx: &mut Ctx, connections: u32, threads: u32, duration: Duration) -> Result<()> {
+    let url = format!(
+        "{}/api/notifications?room=cms:dashboard&limit=100",
+        ctx.base
+    );
+    println!(
+        "\n== http: GET /api/notifications?room=cms:dashboard&limit=100, {connections} connections, {:.0} s ==",
+        duration.as_secs_f64()
+    );
+    let token = ctx.tokens.cms(0);
+    let (items, bytes) = seed(ctx, &url, token.as_deref()).await?;
+    println!("response         {items} notifications, {bytes} bytes");
+    let before = Snapshot::take(ctx).await;
+    let (rps, tool) = match wrk(&url, token.as_deref(), connections, threads, duration).await {
+        Some(rps) => (rps, "wrk"),
+        None => (
+            closed_loop(&url, token.as_deref(), connections, duration).await,
+            "reqwest closed loop",
+        ),
+    };
+    let after = Snapshot::take(ctx).await;
+    println!("requests/s       {rps:.0} ({tool})");
+    println!(
+        "daemon CPU       {} s",
+        opt(delta(before.cpu, after.cpu).map(|c| format!("{c:.2}")))
+    );
+    ctx.summary.put("http.rps", format!("{rps:.0}"));
+    Ok(())
+}
+
+/// Makes sure the room has a full page of history, so that every request serializes 100
+/// notifications as a real dashboard's would. Returns the page size in items and bytes.
+async fn seed(ctx: &Ctx, url: &str, token: Option<&str>) -> Result<(usize, usize)> {
+    let page = |ctx: &Ctx| {
+        let mut request = ctx.http.get(url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request
+                .send()
+                .await
+                .map_err(|e| format!("GET {url}: {e}"))?;
+            let status = response.status();
+            let body = response.bytes().await.map_err(|e| e.to_string())?;
+            if !status.is_success() {
+                return Err(format!(
+                    "GET {url}: {status} {}",
+                    String::from_utf8_lossy(&body)
+                ));
+            }
+            let value: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+            let items = value["notifications"].as_array().map_or(0, Vec::len);
+            Ok::<_, String>((items, body.len()))
+        }
+    };
+    let (items, bytes) = page(ctx).await?;
+    if items >= 100 {
+        return Ok((items, bytes));
+    }
+    let plan = Plan {
+        run: run_id(),
+        customers: 1,
+        exchange: ctx.exchange.clone(),
+        persistent: ctx.persistent,
+    };
+    let (connection, mut publisher) = publisher(ctx, &plan).await?;
+    publisher.publish(0..100).await?;
+    publisher.finish().await;
+    let _ = connection.close(200, "done".into()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (items, bytes) = page(ctx).await?;
+        if items >= 100 || Instant::now() > deadline {
+            return Ok((items, bytes));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs wrk if it is installed; its output is printed as is. `None` if wrk is missing.
+async fn wrk(
+    url: &str,
+    token: Option<&str>,
+    connections: u32,
+    threads: u32,
+    duration: Duration,
+) -> Option<f64> {
+    let mut command = tokio::process::Command::new("wrk");
+    command.args([
+        format!("-t{threads}"),
+        format!("-c{connections}"),
+        format!("-d{}s", duration.as_secs().max(1)),
+        "--latency".into(),
+    ]);
+    if let Some(token) = token {
+        command.args(["-H".to_string(), format!("Authorization: Bearer {token}")]);
+    }
+    let output = match command.arg(url).output().await {
+        Ok(output) => output,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            println!(
+                "wrk              not installed (apt-get install -y wrk): using a reqwest closed loop"
+            );
+            return None;
+        }
+        Err(error) => {
+            println!("wrk              failed to start ({error}): using a reqwest closed loop");
+            return None;
+        }
+    };
+    let text = String::from_utf8_lossy(&output.stdout);
+    for line in text.lines() {
+        println!("  wrk | {line}");
+    }
+    let rps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok());
+    if rps.is_none() {
+        println!(
+            "wrk              no Requests/sec in its output: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    rps
+}
+
+/// `connections` tasks, each sending the next request as soon as the last one is answered.
+async fn closed_loop(url: &str, token: Option<&str>, connections: u32, duration: Duration) -> f64 {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections as usize)
+        .build()
+        .expect("HTTP client");
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let (client, url, token) = (client.clone(), url.to_owned(), token.map(str::to_owned));
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u64, 0u64);
+                while Instant::now() < deadline {
+                    let mut request = client.get(&url);
+                    if let Some(token) = &token {
+                        request = request.bearer_auth(token);
+                    }
+                    match request.send().await {
+                        Ok(response) if response.status().is_success() => {
+                            ok += u64::from(response.bytes().await.is_ok());
+                        }
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let (mut ok, mut failed) = (0, 0);
+    for task in tasks {
+        if let Ok((o, f)) = task.await {
+            ok += o;
+            failed += f;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("closed loop      {ok} ok, {failed} failed in {secs:.1} s");
+    per_sec(ok, secs)
+}
