@@ -360,7 +360,7 @@ impl Config {
                     1,
                     1_000_000,
                 )?,
-                socket_buffer: parse_num("SOCKET_BUFFER", raw.socket_buffer, 256, 8, 1_000_000)?,
+                socket_buffer: parse_num("SOCKET_BUFFER", raw.socket_buffer, 4096, 8, 1_000_000)?,
                 max_message_bytes,
             },
             shutdown_timeout: Duration::from_millis(parse_num(
@@ -586,6 +586,7 @@ mod tests {
         assert_eq!(c.history.per_room, 100);
         assert!(matches!(c.cors, CorsOrigins::SameOrigin));
         assert_eq!(c.limits.max_message_bytes, 131_072);
+        assert_eq!(c.limits.socket_buffer, 4096);
         assert_eq!(c.log_format, LogFormat::Pretty);
         assert_eq!(c.rabbitmq.dead_letter_exchange(), "notifications.dlx");
         assert_eq!(c.rabbitmq.dead_letter_queue(), "notifications.dead");
