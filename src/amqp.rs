@@ -216,8 +216,9 @@ impl Broker {
                     Some(Err(error)) => return Err(error.into()),
                     None => return Err(SessionError::ConsumerCancelled),
                 },
-                // Polled only when no delivery is ready: ack what was emitted so far.
-                _ = std::future::ready(()), if acks.pending() => {
+                // Polled only when no delivery is ready: ack what was emitted, once the
+                // oldest pending ack has waited ACK_DELAY.
+                _ = tokio::time::sleep_until(acks.due()), if acks.pending() => {
                     guarded(acks.flush(), &mut events).await?;
                 }
             }
@@ -445,13 +446,20 @@ impl Broker {
 
 /// Acks of emitted deliveries, sent as one `multiple` ack for the whole batch: one frame and
 /// one wake-up of lapin's I/O thread instead of one per message. Only deliveries that were
-/// emitted and stored are ever in a batch.
+/// emitted and stored are ever in a batch; a batch is acked when full or after `ACK_DELAY`.
 struct PendingAcks {
     /// Acker of the latest emitted delivery; acking it with `multiple` acks all before it.
     last: Option<Acker>,
     count: usize,
     batch: usize,
+    /// When the batch is acked even if it is not full.
+    due: tokio::time::Instant,
 }
+
+/// How long an emitted delivery's ack may wait for others to share its frame. It delays only
+/// the broker's ack, never the emit; at a steady 2,000 notifications/s it turns one ack frame
+/// per message into one per ten.
+const ACK_DELAY: Duration = Duration::from_millis(5);
 
 impl PendingAcks {
     fn new(batch: usize) -> Self {
@@ -459,14 +467,22 @@ impl PendingAcks {
             last: None,
             count: 0,
             batch,
+            due: tokio::time::Instant::now(),
         }
     }
 
     /// Adds an emitted delivery; `true` when the batch is full and should be flushed now.
     fn add(&mut self, acker: Acker) -> bool {
+        if self.last.is_none() {
+            self.due = tokio::time::Instant::now() + ACK_DELAY;
+        }
         self.last = Some(acker);
         self.count += 1;
         self.count >= self.batch
+    }
+
+    fn due(&self) -> tokio::time::Instant {
+        self.due
     }
 
     fn pending(&self) -> bool {

@@ -116,6 +116,32 @@ pub fn cors(origins: &CorsOrigins) -> Option<CorsLayer> {
     )
 }
 
+/// Socket.IO keeps each connection's handshake request for the socket's whole life. The URI
+/// and header values parsed by hyper are slices of the connection's read buffer (8 to 16 KiB),
+/// so keeping them keeps that buffer too, per idle socket. The handshake gets owned copies;
+/// its extensions (hyper's upgrade handle among them) stay as they are.
+pub fn detach_handshake(request: Request) -> Request {
+    if !request.uri().path().starts_with("/socket.io") {
+        return request;
+    }
+    let (mut parts, body) = request.into_parts();
+    if let Ok(uri) = parts.uri.to_string().parse() {
+        parts.uri = uri;
+    }
+    let mut headers = HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        // Parsing bytes that were already a valid header cannot fail.
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(name.as_str().as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    parts.headers = headers;
+    Request::from_parts(parts, body)
+}
+
 async fn track(
     State(app): State<Arc<AppState>>,
     route: MatchedPath,
@@ -289,4 +315,33 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
         app.metrics.encode(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+
+    #[test]
+    fn a_detached_handshake_keeps_its_uri_headers_and_extensions() {
+        let mut request = Request::builder()
+            .uri("/socket.io/?EIO=4&transport=websocket&token=t")
+            .header("x-custom", "value")
+            .header(header::ORIGIN, "https://app.example.com")
+            .body(Body::empty())
+            .unwrap();
+        // Stands in for hyper's upgrade handle, which must survive.
+        request.extensions_mut().insert(42u32);
+        let detached = detach_handshake(request);
+        assert_eq!(
+            detached.uri(),
+            "/socket.io/?EIO=4&transport=websocket&token=t"
+        );
+        assert_eq!(detached.headers()["x-custom"], "value");
+        assert_eq!(
+            detached.headers()[header::ORIGIN],
+            "https://app.example.com"
+        );
+        assert_eq!(detached.extensions().get::<u32>(), Some(&42));
+    }
 }

@@ -63,6 +63,8 @@ pub struct AppState {
 const MAX_CLIENT_PACKET_BYTES: usize = 16 * 1024;
 /// On shutdown, how long sockets get to receive what was already emitted before they close.
 const SOCKET_FLUSH_GRACE: Duration = Duration::from_millis(500);
+/// Read buffer of each websocket: clients send only small `join-room` / `leave-room` packets.
+const WS_READ_BUFFER_BYTES: usize = 1024;
 /// How often idle history rooms are looked for.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -87,6 +89,8 @@ pub async fn run(
         .max_buffer_size(socket_buffer)
         .max_payload(MAX_CLIENT_PACKET_BYTES as u64)
         .ws_max_message_size(MAX_CLIENT_PACKET_BYTES)
+        // Every idle connection keeps one; clients only send small join/leave packets.
+        .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
         .build_layer();
     let history = History::new(config.history.clone());
     let delivery = Arc::new(Delivery::new(
@@ -120,10 +124,14 @@ pub async fn run(
     });
     socket::attach(&io, app.clone());
 
-    let mut router = http::router(app.clone()).layer(socket_layer);
-    if let Some(cors) = http::cors(&app.config.cors) {
-        router = router.layer(cors);
-    }
+    // Socket.IO sits in front of the router, on handshakes detached from the connection's read
+    // buffer (see `http::detach_handshake`); CORS covers both.
+    let service = tower::ServiceBuilder::new()
+        .map_response(|response: axum::http::Response<_>| response.map(axum::body::Body::new))
+        .option_layer(http::cors(&app.config.cors))
+        .map_request(http::detach_handshake)
+        .layer(socket_layer)
+        .service(http::router(app.clone()));
 
     let tasks = CancellationToken::new();
     let consumer = broker.map(|broker| tokio::spawn(broker.run(tasks.clone())));
@@ -140,8 +148,8 @@ pub async fn run(
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
     });
-    let server =
-        axum::serve(listener, router).with_graceful_shutdown(server_stop.clone().cancelled_owned());
+    let server = axum::serve(listener, tower::make::Shared::new(service))
+        .with_graceful_shutdown(server_stop.clone().cancelled_owned());
     let mut server = tokio::spawn(server.into_future());
     tracing::info!(
         %address,
