@@ -88,7 +88,10 @@ pub fn router(app: Arc<AppState>) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
-        .route_layer(middleware::from_fn_with_state(app.clone(), track));
+        .route_layer(middleware::from_fn_with_state(app.clone(), track))
+        // API errors are JSON like every other answer of the API (contract section 6).
+        .route("/api/{*rest}", axum::routing::any(api_not_found))
+        .method_not_allowed_fallback(method_not_allowed);
     let pages = ServeDir::new(&app.config.public_dir).append_index_html_on_directories(true);
     Router::new()
         .merge(api)
@@ -290,6 +293,18 @@ async fn ingest(
         }
     }
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": true }))).into_response())
+}
+
+async fn api_not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
 }
 
 async fn healthz() -> Json<serde_json::Value> {

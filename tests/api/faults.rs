@@ -426,3 +426,25 @@ async fn the_broker_password_never_reaches_the_logs() {
     assert!(!log.contains("hunter2-s3cret"), "{log}");
     assert!(log.contains("bridge:***@127.0.0.1:1"), "{log}");
 }
+
+#[tokio::test]
+async fn log_format_json_writes_one_json_object_per_line() {
+    let mut daemon = Daemon::start(&[("LOG_FORMAT", "json")]);
+    daemon.wait_ready().await;
+    daemon.signal("-TERM");
+    let status = tokio::time::timeout(WAIT, daemon.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    let mut lines = 0;
+    while let Some(line) = daemon.log.recv().await {
+        let entry: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            entry["level"].is_string() && entry["message"].is_string(),
+            "{line}"
+        );
+        lines += 1;
+    }
+    assert!(lines >= 3, "start, listening and shutdown are logged");
+}

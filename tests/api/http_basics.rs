@@ -106,3 +106,25 @@ async fn cors_allows_only_the_configured_origins_on_the_api_and_socket_io() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn unknown_api_routes_and_methods_answer_json_errors() {
+    let app = TestApp::spawn(Settings::local()).await;
+    let response = app.get("/api/nope", None).await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["error"],
+        "not_found"
+    );
+    let response = reqwest::Client::new()
+        .delete(format!("{}/api/notifications", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["error"],
+        "method_not_allowed"
+    );
+    app.stop().await;
+}
