@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::rooms::is_token;
-
 /// A configuration error: which variable, and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
 #[error("{variable}: {message}")]
@@ -93,9 +91,6 @@ impl BrokerUrl {
     /// The URL with its password replaced by `***`: the only form that may be logged.
     pub fn redacted(&self) -> &str {
         &self.redacted
-    }
-    pub fn is_tls(&self) -> bool {
-        self.raw.0.starts_with("amqps://")
     }
 }
 
@@ -555,11 +550,6 @@ pub fn is_loopback(host: &str) -> bool {
             .unwrap_or(false)
 }
 
-/// Categories accepted on `POST /api/notifications`.
-pub fn is_valid_category(category: &str) -> bool {
-    is_token(category, 64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -668,7 +658,6 @@ mod tests {
             "amqps://bridge:***@mq.example.com:5671/notify"
         );
         assert!(!format!("{c:?}").contains("s3cret"));
-        assert!(c.rabbitmq.url.is_tls());
         let err = config(&[("RABBITMQ_URL", "amqp://u:hunter2@[bad")]).unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }

@@ -122,9 +122,13 @@ pub fn cors(origins: &CorsOrigins) -> Option<CorsLayer> {
 /// Socket.IO keeps each connection's handshake request for the socket's whole life. The URI
 /// and header values parsed by hyper are slices of the connection's read buffer (8 to 16 KiB),
 /// so keeping them keeps that buffer too, per idle socket. The handshake gets owned copies;
-/// its extensions (hyper's upgrade handle among them) stay as they are.
+/// its extensions (hyper's upgrade handle among them) stay as they are. Requests of an
+/// established session (they carry its `sid`: polls, upgrades) are not kept, and pass as is.
 pub fn detach_handshake(request: Request) -> Request {
-    if !request.uri().path().starts_with("/socket.io") {
+    let is_handshake = request.uri().path().starts_with("/socket.io")
+        && !form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+            .any(|(key, _)| key == "sid");
+    if !is_handshake {
         return request;
     }
     let (mut parts, body) = request.into_parts();
@@ -337,17 +341,29 @@ mod tests {
     use super::*;
     use axum::body::Body;
 
-    #[test]
-    fn a_detached_handshake_keeps_its_uri_headers_and_extensions() {
+    fn request(uri: &str) -> Request {
         let mut request = Request::builder()
-            .uri("/socket.io/?EIO=4&transport=websocket&token=t")
+            .uri(uri)
             .header("x-custom", "value")
             .header(header::ORIGIN, "https://app.example.com")
             .body(Body::empty())
             .unwrap();
         // Stands in for hyper's upgrade handle, which must survive.
         request.extensions_mut().insert(42u32);
-        let detached = detach_handshake(request);
+        request
+    }
+
+    /// Where a header value's bytes live: a copy lives elsewhere.
+    fn address(request: &Request) -> *const u8 {
+        request.headers()["x-custom"].as_bytes().as_ptr()
+    }
+
+    #[test]
+    fn a_handshake_gets_owned_copies_and_keeps_its_extensions() {
+        let handshake = request("/socket.io/?EIO=4&transport=websocket&token=t");
+        let before = address(&handshake);
+        let detached = detach_handshake(handshake);
+        assert_ne!(address(&detached), before, "the header bytes were copied");
         assert_eq!(
             detached.uri(),
             "/socket.io/?EIO=4&transport=websocket&token=t"
@@ -358,5 +374,17 @@ mod tests {
             "https://app.example.com"
         );
         assert_eq!(detached.extensions().get::<u32>(), Some(&42));
+    }
+
+    #[test]
+    fn requests_of_an_established_session_and_the_api_pass_untouched() {
+        for uri in [
+            "/socket.io/?EIO=4&transport=polling&sid=abc",
+            "/api/notifications?room=cms:x",
+        ] {
+            let original = request(uri);
+            let before = address(&original);
+            assert_eq!(address(&detach_handshake(original)), before, "{uri}");
+        }
     }
 }

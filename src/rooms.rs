@@ -63,17 +63,8 @@ impl Room {
         self.0.strip_prefix(CUSTOMER_PREFIX)
     }
 
-    pub fn is_cms(&self) -> bool {
-        self.0.starts_with(CMS_PREFIX)
-    }
-
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-
-    /// A cheap shared copy of the name, for socketioxide's room map.
-    pub fn shared(&self) -> Arc<str> {
-        self.0.clone()
     }
 }
 
@@ -160,7 +151,6 @@ mod tests {
         let room = Room::customer("456").unwrap();
         assert_eq!(room.as_str(), "customer:456");
         assert_eq!(room.customer_id(), Some("456"));
-        assert!(!room.is_cms());
         assert_eq!(Room::customer("1.5"), Err(InvalidRoom));
     }
 
