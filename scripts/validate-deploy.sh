@@ -430,6 +430,15 @@ def _dockerfile():
     runs = [a for i, a in builder["ins"] if i == "RUN"]
     assert any("cargo build --release --locked" in r for r in runs), "builder must run cargo build --release --locked"
     assert len([r for r in runs if "cargo build" in r]) >= 2, "no dependency-caching build before COPY src"
+    # Patched dependencies must be in the image before the first build resolves them.
+    import tomllib
+    manifest = tomllib.loads((ROOT / "Cargo.toml").read_text())
+    patched = [d["path"] for d in manifest.get("patch", {}).get("crates-io", {}).values() if "path" in d]
+    first_build = next(n for n, (i, a) in enumerate(builder["ins"]) if i == "RUN" and "cargo build" in a)
+    copied = [a.split()[0] for i, a in builder["ins"][:first_build] if i == "COPY"]
+    for path in patched:
+        assert any(path == c.rstrip("/") or path.startswith(c.rstrip("/") + "/") for c in copied), \
+            f"[patch] {path} is not copied before the first cargo build"
     assert any(s["from"].startswith("node:") for s in stages), "no node stage for the Socket.IO vendor file"
     node_runs = " ".join(a for s in stages if s["from"].startswith("node:") for i, a in s["ins"] if i == "RUN")
     assert "npm ci" in node_runs and "socket.io.esm.min.js" in node_runs, "node stage must npm ci and copy socket.io.esm.min.js"
@@ -451,7 +460,7 @@ def _dockerfile():
     assert "CMD" in hc and '"healthcheck"' in hc, "HEALTHCHECK must exec `notify-bridge healthcheck`"
     ep = args("ENTRYPOINT") + args("CMD")
     assert ep and ep[-1].startswith("["), "ENTRYPOINT/CMD must use exec form so the daemon receives SIGTERM"
-check("Dockerfile: stages, locked release build, non-root, HOST, EXPOSE, public/, HEALTHCHECK", _dockerfile)
+check("Dockerfile: stages, locked release build, patched crates, non-root, HOST, EXPOSE, public/, HEALTHCHECK", _dockerfile)
 
 def _dockerignore():
     lines = {l.strip().strip("/") for l in (ROOT / ".dockerignore").read_text().splitlines()

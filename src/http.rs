@@ -121,9 +121,13 @@ pub fn cors(origins: &CorsOrigins) -> Option<CorsLayer> {
 
 /// Socket.IO keeps each connection's handshake request for the socket's whole life. The URI
 /// and header values parsed by hyper are slices of the connection's read buffer (8 to 16 KiB),
-/// so keeping them keeps that buffer too, per idle socket. The handshake gets owned copies;
-/// its extensions (hyper's upgrade handle among them) stay as they are. Requests of an
-/// established session (they carry its `sid`: polls, upgrades) are not kept, and pass as is.
+/// so keeping them keeps that buffer too, per idle socket; and a browser's headers (cookies,
+/// user agent, languages) are another kilobyte or two. The handshake gets an owned copy of its
+/// URI (the token may be in its query) and of `Sec-WebSocket-Key` (Engine.IO answers the
+/// upgrade with it), and no other header: nothing reads them after this point (CORS has
+/// already run). Its extensions (hyper's upgrade handle among them) stay as they are. Requests
+/// of an established session (they carry its `sid`: polls, upgrades) are not kept, and pass
+/// as is.
 pub fn detach_handshake(request: Request) -> Request {
     let is_handshake = request.uri().path().starts_with("/socket.io")
         && !form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
@@ -135,15 +139,12 @@ pub fn detach_handshake(request: Request) -> Request {
     if let Ok(uri) = parts.uri.to_string().parse() {
         parts.uri = uri;
     }
-    let mut headers = HeaderMap::with_capacity(parts.headers.len());
-    for (name, value) in &parts.headers {
-        // Parsing bytes that were already a valid header cannot fail.
-        if let (Ok(name), Ok(value)) = (
-            header::HeaderName::from_bytes(name.as_str().as_bytes()),
-            HeaderValue::from_bytes(value.as_bytes()),
-        ) {
-            headers.append(name, value);
-        }
+    let mut headers = HeaderMap::with_capacity(1);
+    if let Some(key) = parts.headers.get(header::SEC_WEBSOCKET_KEY)
+        // Bytes that were already a valid header value are one again.
+        && let Ok(key) = HeaderValue::from_bytes(key.as_bytes())
+    {
+        headers.insert(header::SEC_WEBSOCKET_KEY, key);
     }
     parts.headers = headers;
     Request::from_parts(parts, body)
@@ -344,7 +345,8 @@ mod tests {
     fn request(uri: &str) -> Request {
         let mut request = Request::builder()
             .uri(uri)
-            .header("x-custom", "value")
+            .header(header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==")
+            .header(header::COOKIE, "session=a-long-browser-cookie")
             .header(header::ORIGIN, "https://app.example.com")
             .body(Body::empty())
             .unwrap();
@@ -355,11 +357,13 @@ mod tests {
 
     /// Where a header value's bytes live: a copy lives elsewhere.
     fn address(request: &Request) -> *const u8 {
-        request.headers()["x-custom"].as_bytes().as_ptr()
+        request.headers()[header::SEC_WEBSOCKET_KEY]
+            .as_bytes()
+            .as_ptr()
     }
 
     #[test]
-    fn a_handshake_gets_owned_copies_and_keeps_its_extensions() {
+    fn a_handshake_keeps_owned_copies_of_its_uri_and_key_and_its_extensions_only() {
         let handshake = request("/socket.io/?EIO=4&transport=websocket&token=t");
         let before = address(&handshake);
         let detached = detach_handshake(handshake);
@@ -368,10 +372,14 @@ mod tests {
             detached.uri(),
             "/socket.io/?EIO=4&transport=websocket&token=t"
         );
-        assert_eq!(detached.headers()["x-custom"], "value");
         assert_eq!(
-            detached.headers()[header::ORIGIN],
-            "https://app.example.com"
+            detached.headers()[header::SEC_WEBSOCKET_KEY],
+            "dGhlIHNhbXBsZSBub25jZQ=="
+        );
+        assert_eq!(
+            detached.headers().len(),
+            1,
+            "cookie and origin are not kept"
         );
         assert_eq!(detached.extensions().get::<u32>(), Some(&42));
     }
