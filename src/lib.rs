@@ -155,6 +155,7 @@ pub async fn run(
         %address,
         rabbitmq = app.config.enable_rabbitmq,
         auth = app.auth.required(),
+        worker_threads = app.config.worker_threads,
         "notify-bridge listening"
     );
 

@@ -39,8 +39,7 @@ enum Command {
     Healthcheck,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     // A missing .env is normal; real environment variables win over the file.
     let _ = dotenvy::dotenv();
@@ -52,6 +51,22 @@ async fn main() -> ExitCode {
         }
     };
     config.demo |= cli.demo;
+    // Built here rather than by #[tokio::main] so that WORKER_THREADS sizes it.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("notify-bridge: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli, config))
+}
+
+async fn run(cli: Cli, config: Config) -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::Publish {
