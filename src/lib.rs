@@ -63,8 +63,9 @@ pub struct AppState {
 const MAX_CLIENT_PACKET_BYTES: usize = 16 * 1024;
 /// On shutdown, how long sockets get to receive what was already emitted before they close.
 const SOCKET_FLUSH_GRACE: Duration = Duration::from_millis(500);
-/// Read buffer of each websocket: clients send only small `join-room` / `leave-room` packets.
-const WS_READ_BUFFER_BYTES: usize = 1024;
+/// Read buffer of each websocket: clients send only small `join-room` / `leave-room` packets
+/// (~100 bytes); a larger one (up to 16 KiB) grows the buffer while it is read.
+const WS_READ_BUFFER_BYTES: usize = 512;
 /// How often idle history rooms are looked for.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
 

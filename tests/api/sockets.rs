@@ -130,6 +130,32 @@ async fn leave_room_stops_delivery_and_validates_the_name() {
 }
 
 #[tokio::test]
+async fn a_client_packet_larger_than_the_read_buffer_is_read_whole() {
+    let app = TestApp::spawn(Settings::local()).await;
+    let mut socket = app.joined(&app.cms_token(), &["cms:points"]).await;
+    // ~8 KiB in one websocket frame: read across many 512-byte reads, under the 16 KiB limit.
+    let long_name = format!("customer:{}", "9".repeat(8000));
+    assert_eq!(
+        socket.leave(&long_name).await,
+        json!({ "ok": false, "error": "invalid_room" })
+    );
+    assert_eq!(
+        socket.join("cms:stations").await["ok"],
+        true,
+        "the socket is still usable"
+    );
+    app.post(
+        "/api/notifications",
+        Some(&app.service_token()),
+        json!({ "type": "after-big-packet", "category": "customer", "rooms": ["cms:stations"] })
+            .to_string(),
+    )
+    .await;
+    assert_eq!(socket.next().await["type"], "after-big-packet");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn with_auth_off_anyone_connects_and_joins_any_valid_room() {
     let app = TestApp::spawn(Settings {
         auth: false,
