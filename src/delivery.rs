@@ -5,9 +5,11 @@
 //! joining socket gets every notification of the room exactly once and in order: either in its
 //! replay or live, never both.
 //!
-//! Each copy is serialized once per room; sockets get the same bytes. A socket whose buffer is
-//! full has stopped reading: it is taken out of all its rooms so it costs nothing more, and the
-//! Engine.IO heartbeat closes it; its client reconnects and replays what it missed with `after`.
+//! The payload is serialized once per room (raw JSON, also what history keeps); socketioxide
+//! then frames those bytes once per socket. Emitting socket by socket, rather than through a
+//! room broadcast, is what tells which socket's buffer is full: such a socket has stopped
+//! reading, so it is taken out of all its rooms and costs nothing more, and the Engine.IO
+//! heartbeat closes it; its client reconnects and replays what it missed with `after`.
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::Hash;
