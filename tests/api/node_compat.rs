@@ -1,5 +1,6 @@
-//! The official npm `socket.io-client` works with the daemon over both transports: connect with
-//! a token, join with an ack, receive a notification; and a bad token is refused.
+//! The official npm `socket.io-client` works with the daemon over both transports, and across
+//! its default upgrade from polling to websocket: connect with a token, join with an ack,
+//! receive a notification; and a bad token is refused.
 
 use std::process::Stdio;
 
@@ -104,6 +105,11 @@ async fn official_client_over_websocket() {
 #[tokio::test]
 async fn official_client_over_http_long_polling() {
     join_and_receive("polling", "auth").await;
+}
+
+#[tokio::test]
+async fn official_client_upgrading_from_polling_to_websocket() {
+    join_and_receive("upgrade", "auth").await;
 }
 
 #[tokio::test]

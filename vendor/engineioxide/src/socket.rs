@@ -67,7 +67,6 @@ use std::{
 use crate::{config::EngineIoConfig, errors::Error};
 use bytes::Bytes;
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
-use futures_util::FutureExt;
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
 use tokio::sync::{
@@ -312,22 +311,27 @@ where
     ///
     /// Keep a handle to the job so that it can be aborted when the socket is closed
     pub(crate) fn spawn_heartbeat(self: Arc<Self>, interval: Duration, timeout: Duration) {
-        let cancellation_token = self.cancellation_token.clone();
-
-        tokio::spawn(
-            cancellation_token
-                .run_until_cancelled_owned(async move {
-                    if let Err(_e) = self.heartbeat_job(interval, timeout).await {
+        // A plain select rather than `run_until_cancelled_owned`, which keeps a second copy of
+        // the job's future: this task lives as long as the socket.
+        tokio::spawn(async move {
+            let cancelled = self.cancellation_token.cancelled();
+            tokio::select! {
+                biased;
+                _ = cancelled => {
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!(aborted = true, "heartbeat job completed");
+                }
+                res = self.heartbeat_job(interval, timeout) => {
+                    if let Err(_e) = res {
                         self.close(DisconnectReason::HeartbeatTimeout);
                         #[cfg(feature = "tracing")]
                         tracing::debug!(id = ?self.id, "heartbeat error: {_e}");
                     }
-                })
-                .inspect(|_v| {
                     #[cfg(feature = "tracing")]
-                    tracing::debug!(aborted = _v.is_none(), "heartbeat job completed");
-                }),
-        );
+                    tracing::debug!(aborted = false, "heartbeat job completed");
+                }
+            }
+        });
     }
 
     /// Heartbeat is sent every `interval` milliseconds by the client and the server `is` expected to respond within `timeout` milliseconds.
