@@ -54,6 +54,8 @@ struct RawEnv {
     max_rooms_per_socket: Option<String>,
     join_rate_per_sec: Option<String>,
     socket_buffer: Option<String>,
+    ping_interval_ms: Option<String>,
+    ping_timeout_ms: Option<String>,
     shutdown_timeout_ms: Option<String>,
     worker_threads: Option<String>,
     public_dir: Option<String>,
@@ -186,6 +188,10 @@ pub struct Limits {
     /// Packets queued for one socket before it counts as stalled and is disconnected.
     pub socket_buffer: usize,
     pub max_message_bytes: usize,
+    /// Engine.IO heartbeat: the server pings this often, and closes a socket whose client has
+    /// not answered within `ping_timeout` (dead peers, half-open TCP, stalled readers).
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -360,6 +366,21 @@ impl Config {
                 )?,
                 socket_buffer: parse_num("SOCKET_BUFFER", raw.socket_buffer, 4096, 8, 1_000_000)?,
                 max_message_bytes,
+                // Socket.IO's own defaults; clients learn them in the handshake.
+                ping_interval: Duration::from_millis(parse_num(
+                    "PING_INTERVAL_MS",
+                    raw.ping_interval_ms,
+                    25_000,
+                    100,
+                    3_600_000,
+                )?),
+                ping_timeout: Duration::from_millis(parse_num(
+                    "PING_TIMEOUT_MS",
+                    raw.ping_timeout_ms,
+                    20_000,
+                    100,
+                    3_600_000,
+                )?),
             },
             shutdown_timeout: Duration::from_millis(parse_num(
                 "SHUTDOWN_TIMEOUT_MS",
@@ -595,6 +616,10 @@ mod tests {
         assert!(matches!(c.cors, CorsOrigins::SameOrigin));
         assert_eq!(c.limits.max_message_bytes, 131_072);
         assert_eq!(c.limits.socket_buffer, 4096);
+        assert_eq!(
+            (c.limits.ping_interval, c.limits.ping_timeout),
+            (Duration::from_secs(25), Duration::from_secs(20))
+        );
         assert_eq!(c.log_format, LogFormat::Pretty);
         assert_eq!(c.rabbitmq.dead_letter_exchange(), "notifications.dlx");
         assert_eq!(c.rabbitmq.dead_letter_queue(), "notifications.dead");
@@ -626,6 +651,8 @@ mod tests {
             ("RABBITMQ_CA_FILE", "/nonexistent/ca.pem"),
             ("RABBITMQ_BINDING_KEYS", "a,,b"),
             ("WORKER_THREADS", "0"),
+            ("PING_INTERVAL_MS", "50"),
+            ("PING_TIMEOUT_MS", "20s"),
         ] {
             let err = config(&[(var, value)]).expect_err(var);
             assert_eq!(err.variable, var, "{var}={value}: {err}");

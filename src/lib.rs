@@ -88,6 +88,8 @@ pub async fn run(
         .max(config.history.per_room + 32);
     let (socket_layer, io) = SocketIo::builder()
         .max_buffer_size(socket_buffer)
+        .ping_interval(config.limits.ping_interval)
+        .ping_timeout(config.limits.ping_timeout)
         .max_payload(MAX_CLIENT_PACKET_BYTES as u64)
         .ws_max_message_size(MAX_CLIENT_PACKET_BYTES)
         // Every idle connection keeps one; clients only send small join/leave packets.

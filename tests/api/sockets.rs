@@ -1,9 +1,11 @@
 //! Socket.IO handshake authentication and the join/leave acknowledgements (contract 4, 5).
 
+use futures_util::StreamExt;
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::sio::{SioClient, TokenVia};
-use crate::support::{Settings, TestApp, now};
+use crate::support::sio::{SioClient, TokenVia, silent_socket};
+use crate::support::{Settings, TestApp, WAIT, now};
 
 #[tokio::test]
 async fn connections_without_a_valid_token_are_refused_as_unauthorized() {
@@ -204,6 +206,50 @@ async fn join_rate_and_room_count_are_limited() {
     assert!(
         limited >= 5,
         "burst above the rate was not limited ({limited})"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_answering_pings_is_closed_and_the_others_stay() {
+    let app = TestApp::spawn(
+        Settings {
+            auth: false,
+            ..Settings::local()
+        }
+        .var("PING_INTERVAL_MS", "200")
+        .var("PING_TIMEOUT_MS", "300"),
+    )
+    .await;
+    let healthy = SioClient::connect(app.addr, None, TokenVia::Auth)
+        .await
+        .unwrap();
+    let (open, silent) = silent_socket(app.addr).await;
+    assert_eq!(
+        (&open["pingInterval"], &open["pingTimeout"]),
+        (&json!(200), &json!(300)),
+        "clients learn the heartbeat from the handshake"
+    );
+
+    // The silent client is pinged, never answers, and the server closes it.
+    let pings = tokio::time::timeout(
+        WAIT,
+        silent
+            .filter(|m| std::future::ready(matches!(m, Message::Text(t) if t.as_str() == "2")))
+            .count(),
+    )
+    .await
+    .expect("the server closed the silent socket within the wait");
+    assert!(pings >= 1, "it was pinged before it was closed");
+
+    // The healthy client answered the same pings and is still served.
+    assert_eq!(healthy.join("cms:dashboard").await["ok"], true);
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "notify_bridge_sockets_connected 1"),
+        "only the silent socket was closed"
     );
     app.stop().await;
 }

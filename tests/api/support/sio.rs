@@ -213,6 +213,24 @@ pub async fn stalled_socket(addr: SocketAddr, room: &str) -> impl Send {
     }
 }
 
+/// A raw websocket that has completed the Socket.IO handshake and will never answer a ping:
+/// returns the Engine.IO open packet's JSON and the socket.
+pub async fn silent_socket(addr: SocketAddr) -> (Value, impl futures_util::Stream<Item = Message>) {
+    let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("ws connect");
+    let open = next_text(&mut ws).await.unwrap();
+    let open: Value = serde_json::from_str(open.strip_prefix('0').expect("open packet")).unwrap();
+    ws.send(Message::text("40")).await.unwrap();
+    assert!(next_text(&mut ws).await.unwrap().starts_with("40"));
+    (
+        open,
+        ws.take_while(|m| std::future::ready(m.is_ok()))
+            .map(Result::unwrap),
+    )
+}
+
 async fn next_text<S>(ws: &mut S) -> Result<String, String>
 where
     S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
