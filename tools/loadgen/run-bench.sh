@@ -160,5 +160,7 @@ row "no loss (lost + misrouted, latency and throughput)" \
   "$(sum latency.lost latency.misrouted throughput.lost throughput.misrouted)" le 0 copies
 row "no duplicates (latency and throughput)" "$(sum latency.duplicated throughput.duplicated)" le 0 copies
 row "no failed connections (connections)" "$(get connections.failed)" le 0 sockets
+floor=$(get latency.floor_cpu_s_per_10k)
+echo "CPU floor: a bare lapin consumer alone, at the same rate in a process of its own, spends ${floor:-n/a} CPU-s per 10,000"
 echo "(logs and summaries in $OUT)"
 exit 0

@@ -1,5 +1,5 @@
 //! Publishing bench notifications (paced or as fast as the broker takes them), the bare-consumer
-//! ceiling, and deleting what a bench run declared.
+//! ceiling, the queues of our own measurements, and deleting what a bench run declared.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use crate::tally::{Bits, unix_micros};
 /// Category `customer`: the daemon's default room is `cms:dashboard` only, plus the recipient's.
 pub const ROUTING_KEY: &str = "notification.customer";
 /// Same as the daemon's default `RABBITMQ_PREFETCH`.
-const PREFETCH: u16 = 256;
+pub const PREFETCH: u16 = 256;
 /// Publishes in flight at once: keeps lapin's writer busy without waiting on each frame.
 const IN_FLIGHT: usize = 64;
 /// Unconfirmed messages allowed before the publisher waits for confirms.
@@ -244,40 +244,7 @@ pub async fn ceiling(url: &str, plan: &Plan, count: u64) -> Result<Ceiling> {
         .create_channel()
         .await
         .map_err(|e| e.to_string())?;
-    let auto_delete = ExchangeDeclareOptions {
-        auto_delete: true,
-        ..Default::default()
-    };
-    channel
-        .exchange_declare(
-            name.as_str().into(),
-            ExchangeKind::Topic,
-            auto_delete,
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| format!("declare {name}: {e}"))?;
-    let mut arguments = FieldTable::default();
-    // If this run dies before deleting it, the broker drops the queue after 10 idle minutes.
-    arguments.insert("x-expires".into(), AMQPValue::LongUInt(600_000));
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    channel
-        .queue_declare(name.as_str().into(), durable, arguments)
-        .await
-        .map_err(|e| format!("declare {name}: {e}"))?;
-    channel
-        .queue_bind(
-            name.as_str().into(),
-            name.as_str().into(),
-            "notification.*".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| format!("bind {name}: {e}"))?;
+    declare_own_queue(&channel, &name).await?;
     channel
         .basic_qos(PREFETCH, BasicQosOptions::default())
         .await
@@ -323,12 +290,7 @@ pub async fn ceiling(url: &str, plan: &Plan, count: u64) -> Result<Ceiling> {
     let confirmed = publisher.finish().await;
     let (consumed, secs) = consume.await.map_err(|e| e.to_string())?;
 
-    let _ = channel
-        .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-        .await;
-    let _ = channel
-        .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
-        .await;
+    delete_own_queue(&channel, &name).await;
     let _ = consumer_connection.close(200, "done".into()).await;
     let _ = publisher_connection.close(200, "done".into()).await;
     let publish_rate = confirmed.sent as f64 / confirmed.send_secs().max(1e-9);
@@ -337,6 +299,56 @@ pub async fn ceiling(url: &str, plan: &Plan, count: u64) -> Result<Ceiling> {
         secs,
         publish_rate,
     })
+}
+
+/// Declares exchange and queue `name` for a measurement of our own, the queue durable like the
+/// daemon's and bound to every notification. The exchange goes with its last binding; if a run
+/// dies before [`delete_own_queue`], the broker drops the queue after 10 idle minutes.
+pub async fn declare_own_queue(channel: &Channel, name: &str) -> Result<()> {
+    let auto_delete = ExchangeDeclareOptions {
+        auto_delete: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(
+            name.into(),
+            ExchangeKind::Topic,
+            auto_delete,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| format!("declare {name}: {e}"))?;
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-expires".into(), AMQPValue::LongUInt(600_000));
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(name.into(), durable, arguments)
+        .await
+        .map_err(|e| format!("declare {name}: {e}"))?;
+    channel
+        .queue_bind(
+            name.into(),
+            name.into(),
+            "notification.*".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| format!("bind {name}: {e}"))?;
+    Ok(())
+}
+
+/// Deletes what [`declare_own_queue`] made.
+pub async fn delete_own_queue(channel: &Channel, name: &str) {
+    let _ = channel
+        .queue_delete(name.into(), QueueDeleteOptions::default())
+        .await;
+    let _ = channel
+        .exchange_delete(name.into(), ExchangeDeleteOptions::default())
+        .await;
 }
 
 /// Deletes the daemon's queue, its dead-letter queue and exchange, and `exchange`.

@@ -3,6 +3,7 @@
 
 mod amqp;
 mod fleet;
+mod floor;
 mod procstat;
 mod scenarios;
 mod sio;
@@ -84,6 +85,9 @@ struct Cli {
     /// The daemon's queue (RABBITMQ_QUEUE), for --cleanup.
     #[arg(long)]
     queue: Option<String>,
+    /// Internal: be the latency scenario's bare consumer of this queue (--messages of them).
+    #[arg(long, hide = true, conflicts_with = "cleanup")]
+    bare_consumer: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -127,6 +131,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
+    if let Some(queue) = &cli.bare_consumer {
+        return floor::consume(&cli.amqp, queue, cli.messages).await;
+    }
     if cli.cleanup {
         let queue = cli.queue.as_deref().expect("clap requires --queue");
         return amqp::cleanup(&cli.amqp, &cli.exchange, queue).await;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::amqp::{self, Confirmed, Plan, Publisher};
 use crate::fleet::{self, Fleet, Role};
+use crate::floor;
 use crate::procstat::{Proc, mib};
 use crate::sio::Endpoint;
 use crate::tally::{Shared, Tally, unix_micros};
@@ -369,6 +370,29 @@ pub async fn latency(
         opt(delta(before.stalled, after.stalled))
     );
 
+    // The same rate into a bare consumer in a process of its own: what consuming and acking
+    // alone cost here, against which to read the daemon's CPU.
+    let floor_count = count.min(rate * 10);
+    let floor_per_10k = match floor::measure(&ctx.amqp, &plan, rate, floor_count).await {
+        Ok(floor) => {
+            let per_10k = floor
+                .cpu_secs
+                .map(|c| c / floor.consumed.max(1) as f64 * 10_000.0);
+            println!(
+                "CPU floor        bare lapin consumer, own process, same rate, acks batched like the daemon: \
+                 {} s for {} = {} CPU-s per 10,000 notifications",
+                opt(floor.cpu_secs.map(|c| format!("{c:.2}"))),
+                floor.consumed,
+                opt(per_10k.map(|c| format!("{c:.3}")))
+            );
+            per_10k
+        }
+        Err(error) => {
+            println!("CPU floor        not measured: {error}");
+            None
+        }
+    };
+
     let s = &mut ctx.summary;
     s.put("latency.sockets", fleet_sockets(&tallies));
     s.put(
@@ -384,6 +408,9 @@ pub async fn latency(
     s.put("latency.misrouted", acc.misrouted);
     if let Some(c) = cpu_per_10k {
         s.put("latency.cpu_s_per_10k", format!("{c:.3}"));
+    }
+    if let Some(c) = floor_per_10k {
+        s.put("latency.floor_cpu_s_per_10k", format!("{c:.3}"));
     }
     Ok(())
 }
