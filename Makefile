@@ -16,7 +16,7 @@ demo: vendor
 ## Every test: unit, integration against the real RabbitMQ, official socket.io-client,
 ## headless Chromium, property tests, deploy-file validation.
 test: vendor services
-	cargo test --locked --all-targets
+	cargo test --locked --workspace --all-targets
 	bash scripts/validate-deploy.sh
 
 ## The official socket.io-client bundle, served to browsers from public/vendor (no CDN).
