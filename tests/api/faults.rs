@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
@@ -175,7 +176,7 @@ async fn a_queue_declared_with_other_arguments_gives_one_clear_error() {
 }
 
 #[tokio::test]
-async fn a_stalled_client_does_not_hold_up_the_others() {
+async fn a_stalled_client_holds_up_no_one_and_is_told_to_reconnect() {
     let app = TestApp::spawn(
         Settings {
             auth: false,
@@ -185,7 +186,7 @@ async fn a_stalled_client_does_not_hold_up_the_others() {
         .var("HISTORY_PER_ROOM", "8"),
     )
     .await;
-    let _stalled = stalled_socket(app.addr, "cms:dashboard").await;
+    let mut stalled = stalled_socket(app.addr, "cms:dashboard").await;
     let mut healthy = SioClient::connect(app.addr, None, TokenVia::Auth)
         .await
         .unwrap();
@@ -210,7 +211,7 @@ async fn a_stalled_client_does_not_hold_up_the_others() {
         }
     }
     let metrics = app.get("/metrics", None).await.text().await.unwrap();
-    let stalled: u64 = metrics
+    let stalled_total: u64 = metrics
         .lines()
         .find_map(|l| {
             l.strip_prefix("notify_bridge_sockets_stalled_total ")
@@ -218,8 +219,25 @@ async fn a_stalled_client_does_not_hold_up_the_others() {
         })
         .unwrap();
     assert_eq!(
-        stalled, 1,
+        stalled_total, 1,
         "the stalled socket was detected and dropped from its rooms"
+    );
+
+    // When it reads again, its backlog is followed by a namespace DISCONNECT, so that its client
+    // reconnects and replays, instead of staying connected in no room and hearing nothing.
+    let disconnected = tokio::time::timeout(WAIT, async {
+        while let Some(Ok(message)) = stalled.next().await {
+            if message.to_text().is_ok_and(|text| text.starts_with("41")) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        disconnected,
+        Ok(true),
+        "the stalled socket was told to disconnect once it read again"
     );
     app.stop().await;
 }

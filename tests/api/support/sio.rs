@@ -193,7 +193,12 @@ impl SioClient {
 /// The next packet of the handshake, answering pings on the way.
 /// A socket that joins `room` and then never reads again, like a client whose network or event
 /// loop has stalled. Holding the returned stream keeps the TCP connection open.
-pub async fn stalled_socket(addr: SocketAddr, room: &str) -> impl Send {
+pub async fn stalled_socket(
+    addr: SocketAddr,
+    room: &str,
+) -> impl futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
++ Send
++ Unpin {
     let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
     let (mut ws, _) = tokio_tungstenite::connect_async(&url)
         .await
