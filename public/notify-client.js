@@ -194,8 +194,7 @@ export function connectNotifications({
       connGen++;
       setState('disconnected');
       if (reason === 'io server disconnect') {
-        // The daemon closed this socket (shutting down, or it had stopped reading and fell behind):
-        // catch up by polling now; socket.io does not reconnect by itself.
+        // The daemon closed this socket (e.g. shutting down); socket.io does not reconnect by itself.
         startPolling();
         setTimeout(() => { if (!closed && !socket.connected) socket.connect(); }, pollMs);
       } else {

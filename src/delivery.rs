@@ -8,14 +8,14 @@
 //! The payload is serialized once per room (raw JSON, also what history keeps); socketioxide
 //! then frames those bytes once per socket. Emitting socket by socket, rather than through a
 //! room broadcast, is what tells which socket's buffer is full: such a socket has stopped
-//! reading, so it is taken out of all its rooms and costs nothing more. It is disconnected as
-//! soon as it reads again (or closed by the Engine.IO heartbeat if it never does), so its
-//! client reconnects and replays what it missed with `after` instead of staying in no room.
+//! reading, so it is taken out of all its rooms at once and costs nothing more, and Engine.IO
+//! closes its connection (the patched engineioxide closes a socket whose queue overflows), so
+//! its client reconnects and replays what it missed with `after`.
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -30,9 +30,6 @@ use crate::rooms::Room;
 
 /// The Socket.IO event every notification is emitted as.
 pub const EVENT: &str = "notification";
-
-/// How often a stalled socket is offered its DISCONNECT packet again.
-const STALLED_DISCONNECT_RETRY: Duration = Duration::from_millis(250);
 
 /// The payload of contract section 3.
 #[derive(Serialize)]
@@ -258,25 +255,9 @@ impl Delivery {
         stalled.dedup_by_key(|socket| socket.id);
         for socket in stalled {
             self.metrics.sockets_stalled.inc();
-            tracing::warn!(sid = %socket.id, "socket is not reading (send buffer full): removed from its rooms, disconnected once it reads again");
+            tracing::warn!(sid = %socket.id, "socket is not reading (send buffer full): removed from its rooms and closed; its client reconnects and replays");
+            // Engine.IO is closing it already; until it is gone it gets nothing more.
             socket.leave_all();
-            tokio::spawn(disconnect_when_drained(socket));
-        }
-    }
-}
-
-/// Disconnects a stalled socket as soon as its queue has room for the DISCONNECT packet, that
-/// is once its client reads again: a client that was only paused (a frozen tab, a slow link)
-/// would otherwise read its backlog and then stay connected in no room, hearing nothing. On
-/// `io server disconnect` the client helper reconnects and replays with its cursor. A client
-/// that never reads again is closed by the Engine.IO heartbeat, which ends this wait.
-async fn disconnect_when_drained(socket: SocketRef) {
-    let mut retry = tokio::time::interval(STALLED_DISCONNECT_RETRY);
-    while socket.connected() {
-        retry.tick().await;
-        match socket.clone().disconnect() {
-            Err(SocketError::InternalChannelFull) => {}
-            _ => return,
         }
     }
 }

@@ -70,7 +70,7 @@ use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
 use tokio::sync::{
-    Mutex,
+    Mutex, Notify,
     mpsc::{self, Receiver, error::TrySendError},
     watch,
 };
@@ -231,6 +231,9 @@ where
     /// Channel to send Ping [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) from the connexion to the heartbeat job
     /// which is running in a separate task
     pub(crate) heartbeat_tx: mpsc::Sender<()>,
+    /// Signalled when a packet finds the outgoing queue full: the client has stopped reading,
+    /// and the heartbeat task closes the socket at once rather than at its next ping.
+    overflowed: Notify,
 
     /// A cancellation token that will be triggered when the socket is being closed.
     pub(crate) cancellation_token: CancellationToken,
@@ -276,6 +279,7 @@ where
 
             heartbeat_rx: Mutex::new(heartbeat_rx),
             heartbeat_tx,
+            overflowed: Notify::new(),
             cancellation_token: CancellationToken::new(),
 
             close_fn,
@@ -295,7 +299,10 @@ where
         self.internal_tx
             .try_send(Box::new(smallvec![packet]))
             .map_err(|p| match p {
-                TrySendError::Full(mut p) => TrySendError::Full(p.pop().unwrap()),
+                TrySendError::Full(mut p) => {
+                    self.overflowed.notify_one();
+                    TrySendError::Full(p.pop().unwrap())
+                }
                 TrySendError::Closed(mut p) => TrySendError::Closed(p.pop().unwrap()),
             })?;
         Ok(())
@@ -320,6 +327,13 @@ where
                 _ = cancelled => {
                     #[cfg(feature = "tracing")]
                     tracing::debug!(aborted = true, "heartbeat job completed");
+                }
+                // A full queue would fail the next ping anyway; closing now lets the client
+                // reconnect (`transport close`) as soon as it reads again.
+                _ = self.overflowed.notified() => {
+                    self.close(DisconnectReason::HeartbeatTimeout);
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!(id = ?self.id, "outgoing queue full: closing");
                 }
                 res = self.heartbeat_job(interval, timeout) => {
                     if let Err(_e) = res {
@@ -451,7 +465,11 @@ where
     /// If the socket is closed, the function will return a [`TrySendError::Closed`] error.
     #[inline]
     pub fn reserve(&self) -> Result<Permit<'_>, TrySendError<()>> {
-        let permit = self.internal_tx.try_reserve()?;
+        let permit = self.internal_tx.try_reserve().inspect_err(|e| {
+            if matches!(e, TrySendError::Full(())) {
+                self.overflowed.notify_one();
+            }
+        })?;
         Ok(Permit { inner: permit })
     }
 
@@ -632,6 +650,7 @@ where
 
             heartbeat_rx: Mutex::new(heartbeat_rx),
             heartbeat_tx,
+            overflowed: Notify::new(),
             cancellation_token: CancellationToken::new(),
             close_fn,
 
