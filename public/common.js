@@ -148,7 +148,7 @@ export function takeParams(...secretNames) {
  * Connect/Disconnect buttons (elements #mode, #state, #message, #connect, #disconnect).
  * @returns the connection handle, also exposed as `window.notifyConnection` for tests
  */
-export function connectPage({ baseUrl, token, rooms, onNotification }) {
+function connectPage({ baseUrl, token, rooms, onNotification }) {
   const $ = (id) => document.getElementById(id);
   $('connect').disabled = true;
   $('disconnect').disabled = false;
@@ -167,4 +167,40 @@ export function connectPage({ baseUrl, token, rooms, onNotification }) {
   });
   window.notifyConnection = conn;
   return conn;
+}
+
+/**
+ * The connect form every page has (#connect-form, #connect, #disconnect, #base-url, #message):
+ * submitting connects, Disconnect closes, a new base URL is described again.
+ * `prepare(config)` is the page's part: it resolves the token, resets its view and returns
+ * connectPage's options; what it throws is shown in #message.
+ * @returns {() => Promise<void>} connect, for the page's autoconnect
+ */
+export function wireConnectForm({ describeDaemon, prepare }) {
+  const $ = (id) => document.getElementById(id);
+  let conn = null;
+  const disconnect = () => {
+    conn?.close();
+    conn = null;
+    showMode($('mode'), 'off');
+    $('connect').disabled = false;
+    $('disconnect').disabled = true;
+  };
+  const connect = async () => {
+    disconnect();
+    showMessage($('message'), '');
+    try {
+      conn = connectPage(await prepare(await describeDaemon()));
+    } catch (err) {
+      showMessage($('message'), err.message);
+      $('connect').disabled = false;
+    }
+  };
+  $('connect-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    connect();
+  });
+  $('disconnect').addEventListener('click', disconnect);
+  $('base-url').addEventListener('change', describeDaemon);
+  return connect;
 }

@@ -1,15 +1,14 @@
 // Customer page: one customer's notifications, live.
 import {
-  connectPage,
+  wireConnectForm,
   fetchConfig, mintDevToken, resolveToken, notificationItem,
-  showMode, showMessage, takeParams,
+  showMessage, takeParams,
 } from './common.js';
 
 const MAX_ITEMS = 200;
 const $ = (id) => document.getElementById(id);
 const form = $('connect-form');
 const events = $('events');
-let conn = null;
 let received = 0;
 
 const params = takeParams('token', 'secret');
@@ -35,21 +34,10 @@ function addNotification(n) {
   while (events.children.length > MAX_ITEMS) events.lastElementChild.remove();
 }
 
-function disconnect() {
-  conn?.close();
-  conn = null;
-  showMode($('mode'), 'off');
-  $('connect').disabled = false;
-  $('disconnect').disabled = true;
-}
-
-async function connect() {
-  disconnect();
-  showMessage($('message'), '');
-  const baseUrl = $('base-url').value;
-  const customer = $('customer-id').value.trim();
-  try {
-    const config = await describeDaemon();
+const connect = wireConnectForm({
+  describeDaemon,
+  async prepare(config) {
+    const customer = $('customer-id').value.trim();
     const token = await resolveToken({
       config,
       token: $('token').value,
@@ -62,19 +50,10 @@ async function connect() {
     received = 0;
     $('event-count').textContent = '0';
     $('empty').hidden = false;
-    conn = connectPage({ baseUrl, token, rooms: [room], onNotification: addNotification });
-  } catch (err) {
-    showMessage($('message'), err.message);
-    $('connect').disabled = false;
-  }
-}
-
-form.addEventListener('submit', (e) => {
-  e.preventDefault();
-  connect();
+    return { baseUrl: $('base-url').value, token, rooms: [room], onNotification: addNotification };
+  },
 });
-$('disconnect').addEventListener('click', disconnect);
-$('base-url').addEventListener('change', describeDaemon);
+
 $('mint-button').addEventListener('click', async () => {
   try {
     if (!form.reportValidity()) return;

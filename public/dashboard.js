@@ -1,18 +1,16 @@
 // CMS dashboard: counters per category, a per-minute chart of the last hour and the latest events.
 import {
-  connectPage,
+  wireConnectForm,
   CATEGORIES, categoryOf, fetchConfig, resolveToken, notificationItem, timeOf,
-  showMode, showMessage, takeParams,
+  takeParams,
 } from './common.js';
 
 const ROOM = 'cms:dashboard';
 const MAX_EVENTS = 50;
 const MINUTE = 60_000;
 const $ = (id) => document.getElementById(id);
-const form = $('connect-form');
 const events = $('events');
 const canvas = $('chart');
-let conn = null;
 
 // Counts are kept as numbers and per-minute buckets, never as a list of events, so memory
 // stays flat however busy the room is.
@@ -174,19 +172,9 @@ async function describeDaemon() {
   return config;
 }
 
-function disconnect() {
-  conn?.close();
-  conn = null;
-  showMode($('mode'), 'off');
-  $('connect').disabled = false;
-  $('disconnect').disabled = true;
-}
-
-async function connect() {
-  disconnect();
-  showMessage($('message'), '');
-  try {
-    const config = await describeDaemon();
+const connect = wireConnectForm({
+  describeDaemon,
+  async prepare(config) {
     const token = await resolveToken({
       config,
       token: $('token').value,
@@ -197,19 +185,10 @@ async function connect() {
     events.replaceChildren();
     $('empty').hidden = false;
     scheduleRedraw();
-    conn = connectPage({ baseUrl: $('base-url').value, token, rooms: [ROOM], onNotification: addNotification });
-  } catch (err) {
-    showMessage($('message'), err.message);
-    $('connect').disabled = false;
-  }
-}
-
-form.addEventListener('submit', (e) => {
-  e.preventDefault();
-  connect();
+    return { baseUrl: $('base-url').value, token, rooms: [ROOM], onNotification: addNotification };
+  },
 });
-$('disconnect').addEventListener('click', disconnect);
-$('base-url').addEventListener('change', describeDaemon);
+
 new ResizeObserver(scheduleRedraw).observe(canvas);
 setInterval(scheduleRedraw, 10_000); // slide the hour window even when nothing arrives
 

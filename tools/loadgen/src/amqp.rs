@@ -12,7 +12,8 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind, PublisherConfirm,
+    BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind,
+    PublisherConfirm,
 };
 use tokio::sync::mpsc;
 
@@ -21,7 +22,7 @@ use crate::tally::{Bits, unix_micros};
 /// Category `customer`: the daemon's default room is `cms:dashboard` only, plus the recipient's.
 pub const ROUTING_KEY: &str = "notification.customer";
 /// Same as the daemon's default `RABBITMQ_PREFETCH`.
-pub const PREFETCH: u16 = 256;
+const PREFETCH: u16 = 256;
 /// Publishes in flight at once: keeps lapin's writer busy without waiting on each frame.
 const IN_FLIGHT: usize = 64;
 /// Unconfirmed messages allowed before the publisher waits for confirms.
@@ -245,19 +246,7 @@ pub async fn ceiling(url: &str, plan: &Plan, count: u64) -> Result<Ceiling> {
         .await
         .map_err(|e| e.to_string())?;
     declare_own_queue(&channel, &name).await?;
-    channel
-        .basic_qos(PREFETCH, BasicQosOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut consumer = channel
-        .basic_consume(
-            name.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut consumer = start_consumer(&channel, &name).await?;
 
     let consume = tokio::spawn(async move {
         let (mut consumed, mut first, mut last) = (0u64, None, None);
@@ -339,6 +328,23 @@ pub async fn declare_own_queue(channel: &Channel, name: &str) -> Result<()> {
         .await
         .map_err(|e| format!("bind {name}: {e}"))?;
     Ok(())
+}
+
+/// Consumes `queue` on `channel` with the daemon's prefetch.
+pub async fn start_consumer(channel: &Channel, queue: &str) -> Result<Consumer> {
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| format!("consume {queue}: {e}"))
 }
 
 /// Deletes what [`declare_own_queue`] made.

@@ -11,11 +11,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::Acker;
+use lapin::options::BasicAckOptions;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
-use crate::amqp::{self, PREFETCH, Plan, Publisher, Result};
+use crate::amqp::{self, Plan, Publisher, Result};
 use crate::procstat::Proc;
 
 /// The daemon's ack batching (src/amqp.rs): a batch is acked when full or this long after its
@@ -100,53 +100,51 @@ pub async fn consume(url: &str, queue: &str, count: u64) -> Result<()> {
         .create_channel()
         .await
         .map_err(|e| e.to_string())?;
-    channel
-        .basic_qos(PREFETCH, BasicQosOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut consumer = channel
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut consumer = amqp::start_consumer(&channel, queue).await?;
     println!("ready");
 
-    let multiple = BasicAckOptions { multiple: true };
-    let (mut consumed, mut pending) = (0u64, None);
-    let mut in_batch = 0;
+    // The latest delivery's acker (acking it with `multiple` acks the whole batch) and how many
+    // deliveries it covers.
+    let mut batch: Option<(Acker, u64)> = None;
     let mut due = tokio::time::Instant::now();
+    let mut consumed = 0u64;
     while consumed < count {
         tokio::select! {
             biased;
             next = tokio::time::timeout(IDLE, consumer.next()) => {
                 let Ok(Some(Ok(delivery))) = next else { break };
                 consumed += 1;
-                if in_batch == 0 {
-                    due = tokio::time::Instant::now() + ACK_DELAY;
-                }
-                in_batch += 1;
-                pending = Some(delivery.acker);
-                if in_batch >= ACK_BATCH || consumed == count {
-                    if let Some(acker) = pending.take() {
-                        acker.ack(multiple).await.map_err(|e| e.to_string())?;
+                let size = match batch.take() {
+                    Some((_, size)) => size + 1,
+                    None => {
+                        due = tokio::time::Instant::now() + ACK_DELAY;
+                        1
                     }
-                    in_batch = 0;
+                };
+                batch = Some((delivery.acker, size));
+                if size >= ACK_BATCH || consumed == count {
+                    ack(&mut batch).await?;
                 }
             }
-            _ = tokio::time::sleep_until(due), if pending.is_some() => {
-                if let Some(acker) = pending.take() {
-                    acker.ack(multiple).await.map_err(|e| e.to_string())?;
-                }
-                in_batch = 0;
-            }
+            _ = tokio::time::sleep_until(due), if batch.is_some() => ack(&mut batch).await?,
         }
     }
     println!("done {consumed}");
     let _ = tokio::io::stdin().read_to_end(&mut Vec::new()).await;
     let _ = connection.close(200, "done".into()).await;
     Ok(())
+}
+
+/// Acks the whole pending batch with one `multiple` ack.
+async fn ack(batch: &mut Option<(Acker, u64)>) -> Result<()> {
+    match batch.take() {
+        Some((acker, _)) => {
+            acker
+                .ack(BasicAckOptions { multiple: true })
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        None => Ok(()),
+    }
 }
