@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::support::sio::{SioClient, TokenVia};
 use crate::support::tls::TlsBroker;
-use crate::support::{Settings, TestApp, message_id};
+use crate::support::{Settings, TestApp, message_id, metric};
 
 #[tokio::test]
 async fn amqps_with_the_configured_ca_consumes_through_tls() {
@@ -88,16 +88,6 @@ async fn every_instance_emits_every_notification_to_its_own_sockets() {
     first.stop().await;
 }
 
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or_else(|| panic!("{series} not in:\n{text}"))
-}
-
 #[tokio::test]
 async fn metrics_count_what_the_daemon_does() {
     let app = TestApp::spawn(Settings::rabbit()).await;
@@ -120,7 +110,7 @@ async fn metrics_count_what_the_daemon_does() {
     assert_eq!(customer.next().await["type"], "after");
     let _ = app.next_message(&app.dead_queue()).await;
 
-    let text = app.get("/metrics", None).await.text().await.unwrap();
+    let text = app.metrics().await;
     assert_eq!(
         metric(
             &text,

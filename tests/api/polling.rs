@@ -6,7 +6,7 @@ use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions}
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
-use crate::support::{Settings, TestApp, message_id, unique};
+use crate::support::{Settings, TestApp, message_id, metric, unique};
 
 /// Posts a notification through the HTTP ingest and asserts it was accepted.
 async fn post(app: &TestApp, body: Value) {
@@ -416,10 +416,12 @@ async fn the_same_message_id_posted_twice_is_delivered_once() {
     }
     let page = poll(&app, "room=customer:4", &app.customer_token("4")).await;
     assert_eq!(types(&page), ["once"]);
-    let metrics = app.get("/metrics", None).await.text().await.unwrap();
-    assert!(
-        metrics.contains("notify_bridge_notifications_deduplicated_total{category=\"customer\"} 1"),
-        "{metrics}"
+    assert_eq!(
+        metric(
+            &app.metrics().await,
+            "notify_bridge_notifications_deduplicated_total{category=\"customer\"}"
+        ),
+        1.0
     );
     app.stop().await;
 }
@@ -439,15 +441,9 @@ async fn a_flood_of_distinct_rooms_stays_within_the_history_caps() {
         )
         .await;
     }
-    let metrics = app.get("/metrics", None).await.text().await.unwrap();
-    let gauge = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or_else(|| panic!("{name} missing: {metrics}"))
-    };
-    assert!(gauge("notify_bridge_history_rooms ") <= 50);
-    assert!(gauge("notify_bridge_history_notifications ") <= 120);
+    let metrics = app.metrics().await;
+    assert!(metric(&metrics, "notify_bridge_history_rooms") <= 50.0);
+    assert!(metric(&metrics, "notify_bridge_history_notifications") <= 120.0);
     // The newest rooms are the ones kept.
     let page = poll(&app, "room=customer:c399", &app.customer_token("c399")).await;
     assert_eq!(types(&page), ["flood"]);

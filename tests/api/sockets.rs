@@ -5,7 +5,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::sio::{SioClient, TokenVia, silent_socket};
-use crate::support::{Settings, TestApp, WAIT, now};
+use crate::support::{Settings, TestApp, WAIT, metric, now};
 
 #[tokio::test]
 async fn connections_without_a_valid_token_are_refused_as_unauthorized() {
@@ -244,11 +244,9 @@ async fn a_client_that_stops_answering_pings_is_closed_and_the_others_stay() {
 
     // The healthy client answered the same pings and is still served.
     assert_eq!(healthy.join("cms:dashboard").await["ok"], true);
-    let metrics = app.get("/metrics", None).await.text().await.unwrap();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "notify_bridge_sockets_connected 1"),
+    assert_eq!(
+        metric(&app.metrics().await, "notify_bridge_sockets_connected"),
+        1.0,
         "only the silent socket was closed"
     );
     app.stop().await;

@@ -312,6 +312,11 @@ impl TestApp {
         format!("{}.dead", self.queue)
     }
 
+    /// The daemon's `/metrics` text, for [`metric`].
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics", None).await.text().await.unwrap()
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
         let mut request = self.client.get(format!("{}{path}", self.base));
         if let Some(token) = token {
@@ -438,4 +443,15 @@ pub fn now() -> u64 {
 /// A fresh unique message id.
 pub fn message_id() -> String {
     unique("msg")
+}
+
+/// The value of one series (name and labels exactly as exposed) in `/metrics` text.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("{series} not in:\n{text}"))
 }

@@ -190,22 +190,27 @@ impl SioClient {
     }
 }
 
-/// The next packet of the handshake, answering pings on the way.
-/// A socket that joins `room` and then never reads again, like a client whose network or event
-/// loop has stalled. Holding the returned stream keeps the TCP connection open.
-pub async fn stalled_socket(
-    addr: SocketAddr,
-    room: &str,
-) -> impl futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
-+ Send
-+ Unpin {
+type RawSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A raw websocket through the Socket.IO handshake (Engine.IO open, then CONNECT with auth off):
+/// the open packet's JSON and the socket, from then on driven by the test alone.
+async fn raw_connected_socket(addr: SocketAddr) -> (Value, RawSocket) {
     let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
     let (mut ws, _) = tokio_tungstenite::connect_async(&url)
         .await
         .expect("ws connect");
-    assert!(next_text(&mut ws).await.unwrap().starts_with('0'));
+    let open = next_text(&mut ws).await.unwrap();
+    let open: Value = serde_json::from_str(open.strip_prefix('0').expect("open packet")).unwrap();
     ws.send(Message::text("40")).await.unwrap();
     assert!(next_text(&mut ws).await.unwrap().starts_with("40"));
+    (open, ws)
+}
+
+/// A socket that joins `room` and then never reads again, like a client whose network or event
+/// loop has stalled. Holding the returned stream keeps the TCP connection open.
+pub async fn stalled_socket(addr: SocketAddr, room: &str) -> RawSocket {
+    let (_, mut ws) = raw_connected_socket(addr).await;
     ws.send(Message::text(format!("421{}", json!(["join-room", room]))))
         .await
         .unwrap();
@@ -218,17 +223,10 @@ pub async fn stalled_socket(
     }
 }
 
-/// A raw websocket that has completed the Socket.IO handshake and will never answer a ping:
-/// returns the Engine.IO open packet's JSON and the socket.
+/// A socket that never answers a ping: the Engine.IO open packet's JSON, and what the server
+/// sends it until the connection ends.
 pub async fn silent_socket(addr: SocketAddr) -> (Value, impl futures_util::Stream<Item = Message>) {
-    let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
-        .await
-        .expect("ws connect");
-    let open = next_text(&mut ws).await.unwrap();
-    let open: Value = serde_json::from_str(open.strip_prefix('0').expect("open packet")).unwrap();
-    ws.send(Message::text("40")).await.unwrap();
-    assert!(next_text(&mut ws).await.unwrap().starts_with("40"));
+    let (open, ws) = raw_connected_socket(addr).await;
     (
         open,
         ws.take_while(|m| std::future::ready(m.is_ok()))
@@ -236,6 +234,7 @@ pub async fn silent_socket(addr: SocketAddr) -> (Value, impl futures_util::Strea
     )
 }
 
+/// The next text packet, answering pings on the way.
 async fn next_text<S>(ws: &mut S) -> Result<String, String>
 where
     S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
