@@ -1,38 +1,35 @@
-//! RabbitMQ: topology, the consumer and its supervisor, dead-lettering, confirmed publishing.
+//! RabbitMQ: the connection and its supervisor, the topology (contract v2 section 2), and
+//! confirmed publishing.
 //!
 //! lapin's own recovery is not used: [`Broker::run`] owns the connection's whole life. Each
-//! session connects, declares the topology again, consumes until the connection fails, and the
-//! supervisor retries with capped exponential backoff and jitter. While disconnected the daemon
-//! keeps serving sockets and polling, and `/readyz` says why it is not ready. Deliveries are
-//! acked only after they are emitted and stored; what was in flight when a connection dropped
-//! is redelivered by the broker and recognised by the dedupe window.
+//! session connects, declares the topology again, then runs two loops on one connection until
+//! it fails: the stream reader ([`crate::stream`], every instance) and the queue consumer
+//! ([`crate::consumer`], active on one instance at a time). The supervisor retries with capped
+//! exponential backoff and jitter. While disconnected the daemon keeps serving sockets, polling
+//! and history; `/readyz` stays ready once it has caught up with the stream.
 
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::tcp::OwnedTLSConfig;
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::uri::AMQPUri;
-use lapin::{
-    Acker, BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind, ExchangeKind,
-};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind, ExchangeKind};
 use rand::Rng;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RabbitConfig;
-use crate::delivery::{DedupeKey, Delivery};
-use crate::envelope::{self, CategoryFrom, Rejection, Source};
-use crate::metrics::{DeadLetterLabels, Metrics};
-use crate::readiness::Readiness;
-use crate::rooms::metric_category;
+use crate::envelope;
+use crate::fanout::Fanout;
+use crate::metrics::Metrics;
+use crate::readiness::{BrokerState, Readiness};
 
 /// Header that tells an operator why a message was dead-lettered (contract section 2).
 pub const REASON_HEADER: &str = "x-notify-bridge-reason";
@@ -44,6 +41,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_HEARTBEAT_SECS: u16 = 10;
 /// First retry delay; doubles up to `RABBITMQ_RECONNECT_MAX_MS`.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
+/// Stream replays read at the same time; more queue behind them, so a reconnect storm of
+/// dashboards reads the stream a few at a time instead of all at once.
+const CONCURRENT_REPLAYS: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -59,75 +59,95 @@ pub enum PublishError {
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
-enum SessionError {
+pub(crate) enum SessionError {
     #[error("{0}")]
     Connect(#[from] ConnectError),
     #[error(
-        "queue {queue:?} already exists with other arguments ({detail}); it must be declared \
-         durable with x-dead-letter-exchange={dlx:?}: delete it (rabbitmqctl delete_queue {queue}) \
-         or set RABBITMQ_QUEUE to a new name"
+        "{kind} {name:?} already exists with other arguments ({detail}). notify-bridge v2 \
+         declares it with {expected}: {fix}"
     )]
-    QueueMismatch {
-        queue: String,
-        dlx: String,
+    Mismatch {
+        kind: &'static str,
+        name: String,
+        expected: String,
+        fix: String,
         detail: String,
     },
     #[error("{0}")]
     Amqp(#[from] lapin::Error),
-    #[error("the broker cancelled the consumer")]
-    ConsumerCancelled,
+    #[error("the broker cancelled the consumer of {0}")]
+    ConsumerCancelled(String),
     #[error("the connection closed")]
     ConnectionClosed,
+    #[error("the stream {0:?} did not confirm an append")]
+    AppendRefused(String),
 }
 
 pub struct Broker {
-    config: RabbitConfig,
-    max_message_bytes: usize,
-    delivery: Arc<Delivery>,
-    metrics: Arc<Metrics>,
-    readiness: Readiness,
+    pub(crate) config: RabbitConfig,
+    pub(crate) limits: envelope::Limits,
+    pub(crate) fanout: Arc<Fanout>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) readiness: Readiness,
     /// Confirm-mode channel of the current session, used for ingest and dead letters.
     publisher: RwLock<Option<Channel>>,
+    /// The current session's connection, for replays from the stream.
+    connection: RwLock<Option<Arc<Connection>>>,
+    pub(crate) replay_slots: Semaphore,
+    /// What the queue consumer appended, kept across sessions for the dedupe rules.
+    append_state: std::sync::Mutex<crate::consumer::AppendState>,
 }
 
 impl Broker {
     pub fn new(
         config: RabbitConfig,
-        max_message_bytes: usize,
-        delivery: Arc<Delivery>,
+        limits: envelope::Limits,
+        dedupe_window: usize,
+        fanout: Arc<Fanout>,
         metrics: Arc<Metrics>,
         readiness: Readiness,
     ) -> Self {
         Self {
-            config,
-            max_message_bytes,
-            delivery,
+            limits,
+            fanout,
             metrics,
             readiness,
             publisher: RwLock::new(None),
+            connection: RwLock::new(None),
+            replay_slots: Semaphore::new(CONCURRENT_REPLAYS),
+            append_state: std::sync::Mutex::new(crate::consumer::AppendState::new(
+                dedupe_window,
+                config.prefetch,
+            )),
+            config,
         }
     }
 
-    /// Consumes until `shutdown`, reconnecting for as long as it takes.
+    pub(crate) fn append_state(&self) -> &std::sync::Mutex<crate::consumer::AppendState> {
+        &self.append_state
+    }
+
+    /// Runs sessions until `shutdown`, reconnecting for as long as it takes.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut failures: u32 = 0;
         let mut last_error = String::new();
         loop {
             let result = self.session(&shutdown, &mut failures).await;
-            self.set_publisher(None);
+            self.set_session(None, None);
             self.metrics.broker_connected.set(0);
+            self.metrics.stream_active_consumer.set(0);
+            self.readiness.set_broker(BrokerState::Reconnecting);
             let error = match result {
                 Ok(()) => return,
                 Err(error) => error,
             };
             let reason = format!("RabbitMQ at {}: {error}", self.config.url.redacted());
-            self.readiness.set_not_ready(reason.clone());
             self.metrics.broker_reconnects.inc();
             let delay = backoff(failures, self.config.reconnect_max);
             // The same failure again (broker still down, queue still mismatched) is logged once
             // at its level, then only at debug, so a long outage does not flood the log.
             if reason != last_error {
-                if matches!(error, SessionError::QueueMismatch { .. }) {
+                if matches!(error, SessionError::Mismatch { .. }) {
                     tracing::error!("{reason}");
                 } else {
                     tracing::warn!(retry_in = ?delay, "{reason}");
@@ -152,77 +172,44 @@ impl Broker {
     ) -> Result<(), SessionError> {
         let connection = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            c = connect(&self.config) => c?,
+            c = connect(&self.config) => Arc::new(c?),
         };
-        // Connection errors arrive here even when the consumer stream or a pending ack would
+        // Connection errors arrive here even when a consumer stream or a pending ack would
         // never resolve (lapin's recovery path is young), so a dead connection is always noticed.
         let mut events = connection.events_listener();
         let channel = connection.create_channel().await?;
         self.declare(&channel).await?;
-        // Prefetch bounds what the broker pushes ahead of our acks: enough to keep the consumer
-        // busy, never unbounded memory.
-        channel
-            .basic_qos(self.config.prefetch, BasicQosOptions::default())
-            .await?;
+        let _ = channel.close(200, "declared".into()).await;
 
         let publisher = connection.create_channel().await?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        self.set_publisher(Some(publisher.clone()));
-
-        let mut consumer = channel
-            .basic_consume(
-                self.config.queue.as_str().into(),
-                ShortString::from(""),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        self.readiness.set_ready();
+        self.set_session(Some(publisher.clone()), Some(connection.clone()));
+        self.readiness.set_broker(BrokerState::Connected);
         self.metrics.broker_connected.set(1);
         *failures = 0;
         tracing::info!(
             broker = %self.config.url.redacted(),
             exchange = %self.config.exchange,
             queue = %self.config.queue,
-            prefetch = self.config.prefetch,
-            "consuming from RabbitMQ"
+            stream = %self.config.stream,
+            "connected to RabbitMQ"
         );
 
-        let mut acks = PendingAcks::new(ack_batch(self.config.prefetch));
-        loop {
-            tokio::select! {
-                // Checked first so that shutdown stops taking new deliveries at once.
-                biased;
-                _ = shutdown.cancelled() => {
-                    // What was emitted is acked; closing returns every other delivery
-                    // (prefetched, not yet emitted) to the queue.
-                    let _ = guarded(acks.flush(), &mut events).await;
-                    let _ = channel.close(200, "shutting down".into()).await;
-                    let _ = connection.close(200, "shutting down".into()).await;
-                    tracing::info!("stopped consuming from RabbitMQ");
-                    return Ok(());
-                }
-                error = connection_error(&mut events) => return Err(error),
-                next = consumer.next() => match next {
-                    Some(Ok(delivery)) => {
-                        if let Some(acker) = guarded(self.handle(delivery, &publisher), &mut events).await?
-                            && acks.add(acker)
-                        {
-                            guarded(acks.flush(), &mut events).await?;
-                        }
-                    }
-                    Some(Err(error)) => return Err(error.into()),
-                    None => return Err(SessionError::ConsumerCancelled),
-                },
-                // Polled only when no delivery is ready: ack what was emitted, once the
-                // oldest pending ack has waited ACK_DELAY.
-                _ = tokio::time::sleep_until(acks.due()), if acks.pending() => {
-                    guarded(acks.flush(), &mut events).await?;
-                }
-            }
+        let stop = shutdown.child_token();
+        let result = tokio::select! {
+            error = connection_error(&mut events) => Err(error),
+            result = crate::stream::follow(self, &connection, &stop) => result,
+            result = crate::consumer::consume(self, &connection, &publisher, &stop) => result,
+        };
+        // Whichever ended, the other stops here: its deliveries return to the queue unacked.
+        stop.cancel();
+        if shutdown.is_cancelled() {
+            let _ = connection.close(200, "shutting down".into()).await;
+            tracing::info!("stopped consuming from RabbitMQ");
         }
+        result
     }
 
     async fn declare(&self, channel: &Channel) -> Result<(), SessionError> {
@@ -233,6 +220,7 @@ impl Broker {
         let dlx = self.config.dead_letter_exchange();
         let dead = self.config.dead_letter_queue();
         let queue = &self.config.queue;
+        let stream = &self.config.stream;
         channel
             .exchange_declare(
                 self.config.exchange.as_str().into(),
@@ -271,26 +259,23 @@ impl Broker {
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(dlx.as_str().into()),
         );
+        // Every instance consumes the one queue; the broker lets one at a time receive, so
+        // notifications reach the stream in the order the queue holds them.
+        arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
         if let Some(ms) = self.config.queue_expires_ms {
             arguments.insert("x-expires".into(), AMQPValue::LongUInt(ms));
         }
         channel
             .queue_declare(queue.as_str().into(), durable_queue, arguments)
             .await
-            .map_err(|error| match error.kind() {
-                ErrorKind::ProtocolError(amqp)
-                    if matches!(
-                        amqp.kind(),
-                        AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
-                    ) =>
-                {
-                    SessionError::QueueMismatch {
-                        queue: queue.clone(),
-                        dlx: dlx.clone(),
-                        detail: amqp.to_string(),
-                    }
-                }
-                _ => SessionError::from(error),
+            .map_err(|error| {
+                mismatch(error, "queue", queue, format!(
+                    "durable, x-dead-letter-exchange={dlx:?}, x-single-active-consumer=true"
+                ), format!(
+                    "a v1 queue cannot be changed in place. Stop the v1 instances, let the queue drain, \
+                     then delete it (rabbitmqctl delete_queue {queue}) and start v2, which declares it \
+                     again; or set RABBITMQ_QUEUE to a new name and bind it before switching producers"
+                ))
             })?;
         for key in &self.config.binding_keys {
             channel
@@ -303,124 +288,60 @@ impl Broker {
                 )
                 .await?;
         }
+
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("stream".into()),
+        );
+        arguments.insert(
+            "x-max-age".into(),
+            AMQPValue::LongString(self.config.stream_max_age.as_str().into()),
+        );
+        channel
+            .queue_declare(stream.as_str().into(), durable_queue, arguments)
+            .await
+            .map_err(|error| {
+                mismatch(error, "stream", stream, format!(
+                    "x-queue-type=stream, x-max-age={:?}", self.config.stream_max_age
+                ), format!(
+                    "set RABBITMQ_STREAM_MAX_AGE to the stream's x-max-age, or RABBITMQ_STREAM to a new \
+                     name (or delete it: rabbitmqctl delete_queue {stream}, which loses its history)"
+                ))
+            })?;
         Ok(())
     }
 
-    /// Emits a delivery, or dead-letters it. Returns the acker of an emitted delivery, whose
-    /// ack the caller batches; a dead letter is settled here.
-    async fn handle(
-        &self,
-        delivery: AmqpDelivery,
-        publisher: &Channel,
-    ) -> Result<Option<Acker>, SessionError> {
-        let properties = &delivery.properties;
-        let source = Source {
-            category: CategoryFrom::RoutingKey(delivery.routing_key.as_str()),
-            message_id: properties.message_id().as_ref().map(|id| id.as_str()),
-            timestamp: *properties.timestamp(),
-        };
-        match envelope::parse(&delivery.data, source, self.max_message_bytes) {
-            Ok(envelope) => {
-                let key = match envelope.message_id.as_deref() {
-                    Some(id) => DedupeKey::MessageId(id),
-                    None => DedupeKey::Fingerprint {
-                        hash: fingerprint(delivery.routing_key.as_str(), &delivery.data),
-                        redelivered: delivery.redelivered,
-                    },
-                };
-                self.delivery.deliver(&envelope, key);
-                Ok(Some(delivery.acker))
-            }
-            Err(rejection) => {
-                self.dead_letter(delivery, rejection, publisher).await?;
-                Ok(None)
-            }
-        }
+    fn set_session(&self, publisher: Option<Channel>, connection: Option<Arc<Connection>>) {
+        // Only ever hold cloneable handles; a panic elsewhere cannot leave them half-written.
+        *self.publisher.write().unwrap_or_else(|p| p.into_inner()) = publisher;
+        *self.connection.write().unwrap_or_else(|p| p.into_inner()) = connection;
     }
 
-    /// Republishes a rejected message to the dead-letter exchange with its reason, then acks it.
-    /// If the broker does not confirm that, the message is rejected without requeue, so the
-    /// queue's own dead-lettering still moves it (without the reason header): never a requeue loop.
-    async fn dead_letter(
-        &self,
-        delivery: AmqpDelivery,
-        rejection: Rejection,
-        publisher: &Channel,
-    ) -> Result<(), SessionError> {
-        let category = delivery
-            .routing_key
-            .as_str()
-            .rsplit('.')
-            .next()
-            .unwrap_or("");
-        self.metrics
-            .dead_lettered
-            .get_or_create(&DeadLetterLabels {
-                category: metric_category(category),
-                reason: rejection.code(),
-            })
-            .inc();
-        tracing::warn!(
-            reason = rejection.code(),
-            routing_key = %delivery.routing_key,
-            bytes = delivery.data.len(),
-            message_id = ?delivery.properties.message_id().as_ref().map(|id| id.as_str()),
-            dead_letter_queue = %self.config.dead_letter_queue(),
-            "message dead-lettered: {}",
-            rejection.describe()
-        );
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        headers.insert(
-            REASON_HEADER.into(),
-            AMQPValue::LongString(rejection.code().into()),
-        );
-        let properties = delivery.properties.clone().with_headers(headers);
-        let confirmed = async {
-            let confirm = publisher
-                .basic_publish(
-                    self.config.dead_letter_exchange().as_str().into(),
-                    delivery.routing_key.clone(),
-                    BasicPublishOptions::default(),
-                    &delivery.data,
-                    properties,
-                )
-                .await?;
-            Ok::<bool, lapin::Error>(confirm.await?.is_ack())
-        };
-        match tokio::time::timeout(PUBLISH_CONFIRM_TIMEOUT, confirmed).await {
-            Ok(Ok(true)) => {
-                delivery.acker.ack(BasicAckOptions::default()).await?;
-            }
-            outcome => {
-                tracing::warn!(
-                    ?outcome,
-                    "dead-letter publish not confirmed; rejecting without requeue instead"
-                );
-                delivery
-                    .acker
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await?;
-            }
-        }
-        Ok(())
-    }
-
-    fn set_publisher(&self, channel: Option<Channel>) {
-        // Only ever holds a cloneable handle; a panic elsewhere cannot leave it half-written.
-        *self.publisher.write().unwrap_or_else(|p| p.into_inner()) = channel;
+    /// The current session's connection, if there is one.
+    pub(crate) fn connection(&self) -> Option<Arc<Connection>> {
+        self.connection
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Publishes `body` to the exchange and waits for the broker's confirm.
-    pub async fn publish(&self, routing_key: &str, body: &[u8]) -> Result<(), PublishError> {
+    pub async fn publish(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
         let channel = self
             .publisher
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or(PublishError::NotConnected)?;
-        let properties = BasicProperties::default()
+        let properties = properties
             .with_content_type("application/json".into())
-            // Persistent, like the durable queues it lands in.
+            // Persistent, like the durable queue it lands in.
             .with_delivery_mode(2)
             .with_timestamp(time::OffsetDateTime::now_utc().unix_timestamp() as u64);
         let publish = async {
@@ -444,82 +365,35 @@ impl Broker {
     }
 }
 
-/// Acks of emitted deliveries, sent as one `multiple` ack for the whole batch: one frame and
-/// one wake-up of lapin's I/O thread instead of one per message. Only deliveries that were
-/// emitted and stored are ever in a batch; a batch is acked when full or after `ACK_DELAY`.
-struct PendingAcks {
-    /// Acker of the latest emitted delivery; acking it with `multiple` acks all before it.
-    last: Option<Acker>,
-    count: usize,
-    batch: usize,
-    /// When the batch is acked even if it is not full.
-    due: tokio::time::Instant,
-}
-
-/// How long an emitted delivery's ack may wait for others to share its frame. It delays only
-/// the broker's ack, never the emit; at a steady 2,000 notifications/s it turns one ack frame
-/// per message into one per ten.
-const ACK_DELAY: Duration = Duration::from_millis(5);
-
-impl PendingAcks {
-    fn new(batch: usize) -> Self {
-        Self {
-            last: None,
-            count: 0,
-            batch,
-            due: tokio::time::Instant::now(),
+/// A `PRECONDITION_FAILED` on a declare: the object exists with other arguments.
+fn mismatch(
+    error: lapin::Error,
+    kind: &'static str,
+    name: &str,
+    expected: String,
+    fix: String,
+) -> SessionError {
+    match error.kind() {
+        ErrorKind::ProtocolError(amqp)
+            if matches!(
+                amqp.kind(),
+                AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+            ) =>
+        {
+            SessionError::Mismatch {
+                kind,
+                name: name.to_owned(),
+                expected,
+                fix,
+                detail: amqp.to_string(),
+            }
         }
-    }
-
-    /// Adds an emitted delivery; `true` when the batch is full and should be flushed now.
-    fn add(&mut self, acker: Acker) -> bool {
-        if self.last.is_none() {
-            self.due = tokio::time::Instant::now() + ACK_DELAY;
-        }
-        self.last = Some(acker);
-        self.count += 1;
-        self.count >= self.batch
-    }
-
-    fn due(&self) -> tokio::time::Instant {
-        self.due
-    }
-
-    fn pending(&self) -> bool {
-        self.last.is_some()
-    }
-
-    async fn flush(&mut self) -> Result<(), SessionError> {
-        if let Some(acker) = self.last.take() {
-            self.count = 0;
-            acker.ack(BasicAckOptions { multiple: true }).await?;
-        }
-        Ok(())
-    }
-}
-
-/// The largest ack batch: a quarter of the prefetch, so the broker keeps sending while a batch
-/// fills, and at most 64 deliveries to redeliver after a connection loss.
-fn ack_batch(prefetch: u16) -> usize {
-    (usize::from(prefetch) / 4).clamp(1, 64)
-}
-
-/// Runs `work`, unless the connection fails first: a lapin future may never resolve once its
-/// connection is gone.
-async fn guarded<T>(
-    work: impl Future<Output = Result<T, SessionError>>,
-    events: &mut (impl futures_util::Stream<Item = lapin::Event> + Unpin),
-) -> Result<T, SessionError> {
-    tokio::select! {
-        result = work => result,
-        // Work cut short (an ack, say) is redelivered by the broker, flagged redelivered, and
-        // the dedupe window recognises it.
-        error = connection_error(events) => Err(error),
+        _ => SessionError::from(error),
     }
 }
 
 /// Resolves with the first connection-level error lapin reports.
-async fn connection_error(
+pub(crate) async fn connection_error(
     events: &mut (impl futures_util::Stream<Item = lapin::Event> + Unpin),
 ) -> SessionError {
     loop {
@@ -569,14 +443,6 @@ pub enum ConnectError {
     Amqp(#[from] lapin::Error),
 }
 
-/// Identifies a message without `messageId`, to recognise broker redeliveries of it.
-fn fingerprint(routing_key: &str, body: &[u8]) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    routing_key.hash(&mut hasher);
-    body.hash(&mut hasher);
-    hasher.finish()
-}
-
 /// Delay before retry number `failures`: exponential from 250 ms, capped, with jitter so that
 /// many instances do not reconnect in lockstep after a broker restart.
 pub fn backoff(failures: u32, cap: Duration) -> Duration {
@@ -600,20 +466,5 @@ mod tests {
             assert!(d <= ceiling && d >= ceiling / 2, "{failures}: {d:?}");
         }
         assert!(backoff(30, cap) >= Duration::from_secs(15));
-    }
-
-    #[test]
-    fn ack_batches_stay_well_inside_the_prefetch() {
-        assert_eq!(ack_batch(1), 1);
-        assert_eq!(ack_batch(20), 5);
-        assert_eq!(ack_batch(256), 64);
-        assert_eq!(ack_batch(u16::MAX), 64);
-    }
-
-    #[test]
-    fn fingerprints_tell_bodies_and_keys_apart() {
-        assert_eq!(fingerprint("a", b"x"), fingerprint("a", b"x"));
-        assert_ne!(fingerprint("a", b"x"), fingerprint("b", b"x"));
-        assert_ne!(fingerprint("a", b"x"), fingerprint("a", b"y"));
     }
 }

@@ -11,10 +11,8 @@ use crate::rooms::Room;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    Customer,
     Cms,
     Admin,
-    Service,
 }
 
 /// The caller, as established by its token (or by auth being off).

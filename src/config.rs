@@ -26,6 +26,43 @@ impl ConfigError {
     }
 }
 
+/// The contract's defaults (section 1) and the daemon's own, in one place.
+pub mod defaults {
+    pub const RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    pub const RABBITMQ_EXCHANGE: &str = "notifications";
+    pub const RABBITMQ_QUEUE: &str = "notifications";
+    /// The stream's name is the queue's plus this suffix.
+    pub const RABBITMQ_STREAM_SUFFIX: &str = ".log";
+    pub const RABBITMQ_STREAM_MAX_AGE: &str = "24h";
+    pub const RABBITMQ_REBUILD_MAX_AGE: &str = "15m";
+    pub const RABBITMQ_REPLAY_MAX: u64 = 20_000;
+    pub const RABBITMQ_BINDING_KEYS: &str = "notification.*";
+    pub const RABBITMQ_PREFETCH: u16 = 256;
+    pub const RABBITMQ_RECONNECT_MAX_MS: u64 = 30_000;
+    pub const HOST: &str = "127.0.0.1";
+    pub const PORT: u16 = 3000;
+    pub const POLL_INTERVAL_MS: u64 = 10_000;
+    pub const HISTORY_PER_ROOM: usize = 100;
+    pub const HISTORY_MAX_ROOMS: usize = 10_000;
+    pub const HISTORY_MAX_TOTAL: usize = 200_000;
+    pub const HISTORY_MAX_BYTES: usize = 64 << 20;
+    pub const HISTORY_ROOM_IDLE_SECS: u64 = 3600;
+    pub const MAX_RECIPIENTS: usize = 1000;
+    /// The contract's minimum: "at least the last 10,000 ids".
+    pub const DEDUPE_WINDOW: usize = 10_000;
+    pub const MAX_MESSAGE_BYTES: usize = 128 << 10;
+    pub const MAX_CONNECTIONS: usize = 20_000;
+    pub const MAX_ROOMS_PER_SOCKET: usize = 50;
+    pub const JOIN_RATE_PER_SEC: u32 = 20;
+    pub const SOCKET_BUFFER: usize = 4096;
+    /// Socket.IO's own heartbeat defaults; clients learn them in the handshake.
+    pub const PING_INTERVAL_MS: u64 = 25_000;
+    pub const PING_TIMEOUT_MS: u64 = 20_000;
+    pub const SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
+    pub const PUBLIC_DIR: &str = "public";
+    pub const RUST_LOG: &str = "info";
+}
+
 /// Every variable the daemon reads, as found in the environment.
 #[derive(Debug, Default, Deserialize)]
 struct RawEnv {
@@ -33,6 +70,10 @@ struct RawEnv {
     rabbitmq_url: Option<String>,
     rabbitmq_exchange: Option<String>,
     rabbitmq_queue: Option<String>,
+    rabbitmq_stream: Option<String>,
+    rabbitmq_stream_max_age: Option<String>,
+    rabbitmq_rebuild_max_age: Option<String>,
+    rabbitmq_replay_max: Option<String>,
     rabbitmq_binding_keys: Option<String>,
     rabbitmq_prefetch: Option<String>,
     rabbitmq_ca_file: Option<String>,
@@ -46,6 +87,8 @@ struct RawEnv {
     history_per_room: Option<String>,
     history_max_rooms: Option<String>,
     history_max_total: Option<String>,
+    history_max_bytes: Option<String>,
+    max_recipients: Option<String>,
     history_room_idle_secs: Option<String>,
     dedupe_window: Option<String>,
     cors_origins: Option<String>,
@@ -129,6 +172,14 @@ pub struct RabbitConfig {
     pub url: BrokerUrl,
     pub exchange: String,
     pub queue: String,
+    /// The stream every instance reads (contract v2 section 2).
+    pub stream: String,
+    /// `x-max-age` of the stream, in RabbitMQ's units (`24h`, `7D`).
+    pub stream_max_age: String,
+    /// How far back an instance reads the stream at start to fill its windows.
+    pub rebuild_max_age: Duration,
+    /// Most stream records one replay may read beyond the memory window.
+    pub replay_max: u64,
     pub binding_keys: Vec<String>,
     pub prefetch: u16,
     /// Extra CA certificates (PEM) to trust for `amqps://`, on top of the system roots.
@@ -176,6 +227,8 @@ pub struct HistoryConfig {
     pub per_room: usize,
     pub max_rooms: usize,
     pub max_total: usize,
+    /// Bytes of notifications held, all rooms together (`HISTORY_MAX_BYTES`).
+    pub max_bytes: usize,
     pub room_idle: Duration,
 }
 
@@ -188,6 +241,8 @@ pub struct Limits {
     /// Packets queued for one socket before it counts as stalled and is disconnected.
     pub socket_buffer: usize,
     pub max_message_bytes: usize,
+    /// Most rooms one message may name (`MAX_RECIPIENTS`).
+    pub max_recipients: usize,
     /// Engine.IO heartbeat: the server pings this often, and closes a socket whose client has
     /// not answered within `ping_timeout` (dead peers, half-open TCP, stalled readers).
     pub ping_interval: Duration,
@@ -235,170 +290,60 @@ impl Config {
     }
 
     fn from_raw(raw: RawEnv) -> Result<Self, ConfigError> {
-        // Parsed first: the loopback rule below depends on it.
-        let host = raw.host.unwrap_or_else(|| "127.0.0.1".to_owned());
+        // Parsed first: the loopback rule of `auth_mode` depends on it.
+        let host = raw
+            .host
+            .clone()
+            .unwrap_or_else(|| defaults::HOST.to_owned());
         if host.trim().is_empty() {
             return Err(ConfigError::new("HOST", "must not be empty"));
         }
-        let port = parse_num::<u16>("PORT", raw.port, 3000, 0, u16::MAX)?;
-
-        let url = raw
-            .rabbitmq_url
-            .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
-        validate_amqp_url(&url)?;
-        let rabbitmq = RabbitConfig {
-            url: BrokerUrl {
-                redacted: redact_url(&url),
-                raw: Secret(url),
-            },
-            exchange: parse_name("RABBITMQ_EXCHANGE", raw.rabbitmq_exchange, "notifications")?,
-            queue: parse_name("RABBITMQ_QUEUE", raw.rabbitmq_queue, "notifications")?,
-            binding_keys: parse_binding_keys(raw.rabbitmq_binding_keys)?,
-            prefetch: parse_num("RABBITMQ_PREFETCH", raw.rabbitmq_prefetch, 256, 1, u16::MAX)?,
-            ca_file: parse_file("RABBITMQ_CA_FILE", raw.rabbitmq_ca_file)?,
-            queue_expires_ms: parse_opt_num(
-                "RABBITMQ_QUEUE_EXPIRES_MS",
-                raw.rabbitmq_queue_expires_ms,
-                1,
-                u32::MAX,
-            )?,
-            reconnect_max: Duration::from_millis(parse_num(
-                "RABBITMQ_RECONNECT_MAX_MS",
-                raw.rabbitmq_reconnect_max_ms,
-                30_000,
-                100,
-                3_600_000,
-            )?),
-        };
-
-        let auth_disabled = parse_bool("AUTH_DISABLED", raw.auth_disabled, false)?;
-        let secret = raw.jwt_secret.filter(|s| !s.is_empty());
-        let auth = match (secret, auth_disabled) {
-            (_, true) => AuthMode::Disabled("AUTH_DISABLED=true"),
-            (Some(secret), false) => AuthMode::Required(Secret(secret)),
-            (None, false) if is_loopback(&host) => {
-                AuthMode::Disabled("JWT_SECRET is unset and HOST is a loopback address (dev mode)")
-            }
-            (None, false) => {
-                return Err(ConfigError::new(
-                    "JWT_SECRET",
-                    format!(
-                        "must be set when HOST ({host}) is not a loopback address; \
-                         set JWT_SECRET, or AUTH_DISABLED=true to run without authentication"
-                    ),
-                ));
-            }
-        };
-
-        let max_message_bytes = parse_num(
-            "MAX_MESSAGE_BYTES",
-            raw.max_message_bytes,
-            131_072,
-            64,
-            64 << 20,
-        )?;
+        let port = parse_num::<u16>("PORT", raw.port.clone(), defaults::PORT, 0, u16::MAX)?;
+        let auth = auth_mode(&raw, &host)?;
         Ok(Config {
-            enable_rabbitmq: parse_bool("ENABLE_RABBITMQ", raw.enable_rabbitmq, false)?,
-            rabbitmq,
+            enable_rabbitmq: parse_bool("ENABLE_RABBITMQ", raw.enable_rabbitmq.clone(), false)?,
+            rabbitmq: rabbit_config(&raw)?,
             host,
             port,
             auth,
             poll_interval_ms: parse_num(
                 "POLL_INTERVAL_MS",
-                raw.poll_interval_ms,
-                10_000,
+                raw.poll_interval_ms.clone(),
+                defaults::POLL_INTERVAL_MS,
                 100,
                 86_400_000,
             )?,
-            history: HistoryConfig {
-                per_room: parse_num("HISTORY_PER_ROOM", raw.history_per_room, 100, 0, 100_000)?,
-                max_rooms: parse_num(
-                    "HISTORY_MAX_ROOMS",
-                    raw.history_max_rooms,
-                    10_000,
-                    1,
-                    10_000_000,
-                )?,
-                max_total: parse_num(
-                    "HISTORY_MAX_TOTAL",
-                    raw.history_max_total,
-                    200_000,
-                    1,
-                    100_000_000,
-                )?,
-                room_idle: Duration::from_secs(parse_num(
-                    "HISTORY_ROOM_IDLE_SECS",
-                    raw.history_room_idle_secs,
-                    3600,
-                    1,
-                    31_536_000,
-                )?),
-            },
+            history: history_config(&raw)?,
             dedupe_window: parse_num(
                 "DEDUPE_WINDOW",
-                raw.dedupe_window,
-                10_000,
-                10_000,
+                raw.dedupe_window.clone(),
+                defaults::DEDUPE_WINDOW,
+                defaults::DEDUPE_WINDOW,
                 10_000_000,
             )?,
-            cors: parse_cors(raw.cors_origins)?,
-            limits: Limits {
-                max_connections: parse_num(
-                    "MAX_CONNECTIONS",
-                    raw.max_connections,
-                    20_000,
-                    1,
-                    10_000_000,
-                )?,
-                max_rooms_per_socket: parse_num(
-                    "MAX_ROOMS_PER_SOCKET",
-                    raw.max_rooms_per_socket,
-                    50,
-                    1,
-                    100_000,
-                )?,
-                join_rate_per_sec: parse_num(
-                    "JOIN_RATE_PER_SEC",
-                    raw.join_rate_per_sec,
-                    20,
-                    1,
-                    1_000_000,
-                )?,
-                socket_buffer: parse_num("SOCKET_BUFFER", raw.socket_buffer, 4096, 8, 1_000_000)?,
-                max_message_bytes,
-                // Socket.IO's own defaults; clients learn them in the handshake.
-                ping_interval: Duration::from_millis(parse_num(
-                    "PING_INTERVAL_MS",
-                    raw.ping_interval_ms,
-                    25_000,
-                    100,
-                    3_600_000,
-                )?),
-                ping_timeout: Duration::from_millis(parse_num(
-                    "PING_TIMEOUT_MS",
-                    raw.ping_timeout_ms,
-                    20_000,
-                    100,
-                    3_600_000,
-                )?),
-            },
+            cors: parse_cors(raw.cors_origins.clone())?,
+            limits: limits(&raw)?,
             shutdown_timeout: Duration::from_millis(parse_num(
                 "SHUTDOWN_TIMEOUT_MS",
-                raw.shutdown_timeout_ms,
-                10_000,
+                raw.shutdown_timeout_ms.clone(),
+                defaults::SHUTDOWN_TIMEOUT_MS,
                 0,
                 600_000,
             )?),
             worker_threads: parse_num(
                 "WORKER_THREADS",
-                raw.worker_threads,
+                raw.worker_threads.clone(),
                 default_worker_threads(),
                 1,
                 1024,
             )?,
-            public_dir: PathBuf::from(raw.public_dir.unwrap_or_else(|| "public".to_owned())),
-            demo: parse_bool("DEMO", raw.demo, false)?,
-            log_filter: parse_log_filter(raw.rust_log)?,
+            public_dir: PathBuf::from(
+                raw.public_dir
+                    .clone()
+                    .unwrap_or_else(|| defaults::PUBLIC_DIR.to_owned()),
+            ),
+            demo: parse_bool("DEMO", raw.demo.clone(), false)?,
+            log_filter: parse_log_filter(raw.rust_log.clone())?,
             log_format: match raw.log_format.as_deref() {
                 None | Some("pretty") => LogFormat::Pretty,
                 Some("json") => LogFormat::Json,
@@ -420,6 +365,238 @@ impl Config {
             format!("{}:{}", self.host, self.port)
         }
     }
+}
+
+fn auth_mode(raw: &RawEnv, host: &str) -> Result<AuthMode, ConfigError> {
+    let auth_disabled = parse_bool("AUTH_DISABLED", raw.auth_disabled.clone(), false)?;
+    let secret = raw.jwt_secret.clone().filter(|s| !s.is_empty());
+    match (secret, auth_disabled) {
+        (_, true) => Ok(AuthMode::Disabled("AUTH_DISABLED=true")),
+        (Some(secret), false) => Ok(AuthMode::Required(Secret(secret))),
+        (None, false) if is_loopback(host) => Ok(AuthMode::Disabled(
+            "JWT_SECRET is unset and HOST is a loopback address (dev mode)",
+        )),
+        (None, false) => Err(ConfigError::new(
+            "JWT_SECRET",
+            format!(
+                "must be set when HOST ({host}) is not a loopback address; \
+                 set JWT_SECRET, or AUTH_DISABLED=true to run without authentication"
+            ),
+        )),
+    }
+}
+
+fn rabbit_config(raw: &RawEnv) -> Result<RabbitConfig, ConfigError> {
+    let url = raw
+        .rabbitmq_url
+        .clone()
+        .unwrap_or_else(|| defaults::RABBITMQ_URL.to_owned());
+    validate_amqp_url(&url)?;
+    let queue = parse_name(
+        "RABBITMQ_QUEUE",
+        raw.rabbitmq_queue.clone(),
+        defaults::RABBITMQ_QUEUE,
+    )?;
+    let default_stream = format!("{queue}{}", defaults::RABBITMQ_STREAM_SUFFIX);
+    Ok(RabbitConfig {
+        url: BrokerUrl {
+            redacted: redact_url(&url),
+            raw: Secret(url),
+        },
+        exchange: parse_name(
+            "RABBITMQ_EXCHANGE",
+            raw.rabbitmq_exchange.clone(),
+            defaults::RABBITMQ_EXCHANGE,
+        )?,
+        stream: parse_name(
+            "RABBITMQ_STREAM",
+            raw.rabbitmq_stream.clone(),
+            &default_stream,
+        )?,
+        queue,
+        stream_max_age: parse_age(
+            "RABBITMQ_STREAM_MAX_AGE",
+            raw.rabbitmq_stream_max_age.clone(),
+            defaults::RABBITMQ_STREAM_MAX_AGE,
+        )?
+        .0,
+        rebuild_max_age: parse_age(
+            "RABBITMQ_REBUILD_MAX_AGE",
+            raw.rabbitmq_rebuild_max_age.clone(),
+            defaults::RABBITMQ_REBUILD_MAX_AGE,
+        )?
+        .1,
+        replay_max: parse_num(
+            "RABBITMQ_REPLAY_MAX",
+            raw.rabbitmq_replay_max.clone(),
+            defaults::RABBITMQ_REPLAY_MAX,
+            0,
+            100_000_000,
+        )?,
+        binding_keys: parse_binding_keys(raw.rabbitmq_binding_keys.clone())?,
+        prefetch: parse_num(
+            "RABBITMQ_PREFETCH",
+            raw.rabbitmq_prefetch.clone(),
+            defaults::RABBITMQ_PREFETCH,
+            1,
+            u16::MAX,
+        )?,
+        ca_file: parse_file("RABBITMQ_CA_FILE", raw.rabbitmq_ca_file.clone())?,
+        queue_expires_ms: parse_opt_num(
+            "RABBITMQ_QUEUE_EXPIRES_MS",
+            raw.rabbitmq_queue_expires_ms.clone(),
+            1,
+            u32::MAX,
+        )?,
+        reconnect_max: Duration::from_millis(parse_num(
+            "RABBITMQ_RECONNECT_MAX_MS",
+            raw.rabbitmq_reconnect_max_ms.clone(),
+            defaults::RABBITMQ_RECONNECT_MAX_MS,
+            100,
+            3_600_000,
+        )?),
+    })
+}
+
+fn history_config(raw: &RawEnv) -> Result<HistoryConfig, ConfigError> {
+    Ok(HistoryConfig {
+        per_room: parse_num(
+            "HISTORY_PER_ROOM",
+            raw.history_per_room.clone(),
+            defaults::HISTORY_PER_ROOM,
+            0,
+            100_000,
+        )?,
+        max_rooms: parse_num(
+            "HISTORY_MAX_ROOMS",
+            raw.history_max_rooms.clone(),
+            defaults::HISTORY_MAX_ROOMS,
+            1,
+            10_000_000,
+        )?,
+        max_total: parse_num(
+            "HISTORY_MAX_TOTAL",
+            raw.history_max_total.clone(),
+            defaults::HISTORY_MAX_TOTAL,
+            1,
+            100_000_000,
+        )?,
+        max_bytes: parse_num(
+            "HISTORY_MAX_BYTES",
+            raw.history_max_bytes.clone(),
+            defaults::HISTORY_MAX_BYTES,
+            4096,
+            usize::MAX,
+        )?,
+        room_idle: Duration::from_secs(parse_num(
+            "HISTORY_ROOM_IDLE_SECS",
+            raw.history_room_idle_secs.clone(),
+            defaults::HISTORY_ROOM_IDLE_SECS,
+            1,
+            31_536_000,
+        )?),
+    })
+}
+
+fn limits(raw: &RawEnv) -> Result<Limits, ConfigError> {
+    Ok(Limits {
+        max_connections: parse_num(
+            "MAX_CONNECTIONS",
+            raw.max_connections.clone(),
+            defaults::MAX_CONNECTIONS,
+            1,
+            10_000_000,
+        )?,
+        max_rooms_per_socket: parse_num(
+            "MAX_ROOMS_PER_SOCKET",
+            raw.max_rooms_per_socket.clone(),
+            defaults::MAX_ROOMS_PER_SOCKET,
+            1,
+            100_000,
+        )?,
+        join_rate_per_sec: parse_num(
+            "JOIN_RATE_PER_SEC",
+            raw.join_rate_per_sec.clone(),
+            defaults::JOIN_RATE_PER_SEC,
+            1,
+            1_000_000,
+        )?,
+        socket_buffer: parse_num(
+            "SOCKET_BUFFER",
+            raw.socket_buffer.clone(),
+            defaults::SOCKET_BUFFER,
+            8,
+            1_000_000,
+        )?,
+        max_message_bytes: parse_num(
+            "MAX_MESSAGE_BYTES",
+            raw.max_message_bytes.clone(),
+            defaults::MAX_MESSAGE_BYTES,
+            64,
+            64 << 20,
+        )?,
+        max_recipients: parse_num(
+            "MAX_RECIPIENTS",
+            raw.max_recipients.clone(),
+            defaults::MAX_RECIPIENTS,
+            1,
+            1_000_000,
+        )?,
+        ping_interval: Duration::from_millis(parse_num(
+            "PING_INTERVAL_MS",
+            raw.ping_interval_ms.clone(),
+            defaults::PING_INTERVAL_MS,
+            100,
+            3_600_000,
+        )?),
+        ping_timeout: Duration::from_millis(parse_num(
+            "PING_TIMEOUT_MS",
+            raw.ping_timeout_ms.clone(),
+            defaults::PING_TIMEOUT_MS,
+            100,
+            3_600_000,
+        )?),
+    })
+}
+
+/// A RabbitMQ age (`x-max-age` syntax: a whole number and one of `Y M D h m s`), kept as given
+/// for the broker and as a duration for the daemon (a month counted as 30 days, a year as 365).
+fn parse_age(
+    variable: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<(String, Duration), ConfigError> {
+    let text = value.unwrap_or_else(|| default.to_owned());
+    let text = text.trim();
+    let invalid = || {
+        ConfigError::new(
+            variable,
+            format!("expected a whole number and one of Y M D h m s (e.g. 24h, 7D), got {text:?}"),
+        )
+    };
+    let unit = text.chars().last().ok_or_else(invalid)?;
+    let seconds: u64 = match unit {
+        'Y' => 365 * 86_400,
+        'M' => 30 * 86_400,
+        'D' => 86_400,
+        'h' => 3600,
+        'm' => 60,
+        's' => 1,
+        _ => return Err(invalid()),
+    };
+    let number = &text[..text.len() - 1];
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    let count: u64 = number.parse().map_err(|_| invalid())?;
+    if count == 0 {
+        return Err(invalid());
+    }
+    let duration = count
+        .checked_mul(seconds)
+        .map(Duration::from_secs)
+        .ok_or_else(invalid)?;
+    Ok((text.to_owned(), duration))
 }
 
 /// One runtime thread per core (tokio's default), following a container's CPU quota. Fewer
@@ -498,7 +675,7 @@ fn parse_name(
 }
 
 fn parse_binding_keys(value: Option<String>) -> Result<Vec<String>, ConfigError> {
-    let value = value.unwrap_or_else(|| "notification.*".to_owned());
+    let value = value.unwrap_or_else(|| defaults::RABBITMQ_BINDING_KEYS.to_owned());
     let keys: Vec<String> = value.split(',').map(|k| k.trim().to_owned()).collect();
     if keys
         .iter()
@@ -572,7 +749,7 @@ fn parse_cors(value: Option<String>) -> Result<CorsOrigins, ConfigError> {
 fn parse_log_filter(value: Option<String>) -> Result<String, ConfigError> {
     let filter = value
         .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "info".to_owned());
+        .unwrap_or_else(|| defaults::RUST_LOG.to_owned());
     tracing_subscriber::EnvFilter::builder()
         .parse(&filter)
         .map_err(|e| ConfigError::new("RUST_LOG", format!("invalid filter {filter:?}: {e}")))?;
@@ -626,6 +803,40 @@ mod tests {
     }
 
     #[test]
+    fn v2_defaults_follow_the_contract() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.rabbitmq.stream, "notifications.log");
+        assert_eq!(c.rabbitmq.stream_max_age, "24h");
+        assert_eq!(c.rabbitmq.rebuild_max_age, Duration::from_secs(15 * 60));
+        assert_eq!(c.rabbitmq.replay_max, 20_000);
+        assert_eq!(c.history.max_bytes, 67_108_864);
+        assert_eq!(c.limits.max_recipients, 1000);
+        let c = config(&[("RABBITMQ_QUEUE", "q1")]).unwrap();
+        assert_eq!(
+            c.rabbitmq.stream, "q1.log",
+            "the stream follows the queue's name"
+        );
+    }
+
+    #[test]
+    fn ages_take_rabbitmq_units() {
+        for (text, secs) in [
+            ("24h", 86_400),
+            ("7D", 604_800),
+            ("90s", 90),
+            ("1Y", 31_536_000),
+        ] {
+            let (kept, duration) = parse_age("X", Some(text.into()), "1h").unwrap();
+            assert_eq!((kept.as_str(), duration.as_secs()), (text, secs));
+        }
+        for bad in ["", "h", "24", "24x", "-1h", "0h", "1.5h", "24 h"] {
+            assert!(parse_age("X", Some(bad.into()), "1h").is_err(), "{bad:?}");
+        }
+        let err = config(&[("RABBITMQ_STREAM_MAX_AGE", "forever")]).unwrap_err();
+        assert_eq!(err.variable, "RABBITMQ_STREAM_MAX_AGE");
+    }
+
+    #[test]
     fn booleans_accept_true_false_1_0_only() {
         assert!(config(&[("ENABLE_RABBITMQ", "1")]).unwrap().enable_rabbitmq);
         assert!(!config(&[("ENABLE_RABBITMQ", "0")]).unwrap().enable_rabbitmq);
@@ -653,6 +864,11 @@ mod tests {
             ("WORKER_THREADS", "0"),
             ("PING_INTERVAL_MS", "50"),
             ("PING_TIMEOUT_MS", "20s"),
+            ("RABBITMQ_REBUILD_MAX_AGE", "15 minutes"),
+            ("RABBITMQ_REPLAY_MAX", "all"),
+            ("RABBITMQ_STREAM", "has space"),
+            ("HISTORY_MAX_BYTES", "64MiB"),
+            ("MAX_RECIPIENTS", "0"),
         ] {
             let err = config(&[(var, value)]).expect_err(var);
             assert_eq!(err.variable, var, "{var}={value}: {err}");

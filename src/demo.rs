@@ -9,7 +9,7 @@ use rand::seq::IndexedRandom;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::{DedupeKey, Delivery};
+use crate::AppState;
 use crate::envelope::{self, CategoryFrom, Source};
 
 const CUSTOMERS: [u32; 5] = [101, 102, 103, 104, 105];
@@ -29,7 +29,9 @@ struct Session {
     kwh: f64,
 }
 
-pub async fn run(delivery: Arc<Delivery>, stop: CancellationToken) {
+/// Feeds events until `stop`: through the broker with RabbitMQ on (so they reach the stream
+/// and every instance), straight to the fan-out without.
+pub async fn run(app: Arc<AppState>, stop: CancellationToken) {
     tracing::info!("demo feed on: emitting sample EV-charging events every {TICK:?}");
     let mut sessions: Vec<Session> = Vec::new();
     let mut next_session = 1u32;
@@ -46,10 +48,13 @@ pub async fn run(delivery: Arc<Delivery>, stop: CancellationToken) {
                 message_id: None,
                 timestamp: None,
             };
+            let body = body.to_string();
             // The demo only builds bodies the parser accepts.
-            match envelope::parse(body.to_string().as_bytes(), source, usize::MAX) {
-                Ok(env) => {
-                    delivery.deliver(&env, DedupeKey::None);
+            match envelope::parse(body.as_bytes(), source, &app.parse_limits()) {
+                Ok(envelope) => {
+                    if let Err(error) = crate::submit(&app, envelope, body.as_bytes()).await {
+                        tracing::debug!(%error, "demo event not published");
+                    }
                 }
                 Err(rejection) => tracing::error!(%rejection, "demo event rejected"),
             }
@@ -158,7 +163,11 @@ mod tests {
                     message_id: None,
                     timestamp: None,
                 };
-                envelope::parse(body.to_string().as_bytes(), source, 131_072)
+                let limits = envelope::Limits {
+                    max_bytes: 131_072,
+                    max_rooms: 1000,
+                };
+                envelope::parse(body.to_string().as_bytes(), source, &limits)
                     .expect("demo body parses");
             }
             assert!(sessions.len() <= 4);

@@ -5,7 +5,7 @@
 //! same reasons. `data` is kept as raw JSON: it is copied into each emitted payload verbatim,
 //! never parsed into a tree.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -27,6 +27,8 @@ pub enum Rejection {
     InvalidRoom,
     #[error("invalid_field")]
     InvalidField,
+    #[error("too_many_rooms")]
+    TooManyRooms,
 }
 
 impl Rejection {
@@ -38,6 +40,7 @@ impl Rejection {
             Rejection::TooLarge => "too_large",
             Rejection::InvalidRoom => "invalid_room",
             Rejection::InvalidField => "invalid_field",
+            Rejection::TooManyRooms => "too_many_rooms",
         }
     }
 
@@ -50,6 +53,9 @@ impl Rejection {
             Rejection::TooLarge => "the body is larger than MAX_MESSAGE_BYTES",
             Rejection::InvalidRoom => "a recipient or room is not a valid room name",
             Rejection::InvalidField => "a field has the wrong type or an invalid value",
+            Rejection::TooManyRooms => {
+                "the message names more rooms (recipients plus rooms) than MAX_RECIPIENTS"
+            }
         }
     }
 }
@@ -73,6 +79,15 @@ pub struct Source<'a> {
     pub timestamp: Option<u64>,
 }
 
+/// What a body may cost: checked before anything is stored or emitted.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `MAX_MESSAGE_BYTES`.
+    pub max_bytes: usize,
+    /// `MAX_RECIPIENTS`: distinct `recipients` plus `rooms` (the category's defaults are free).
+    pub max_rooms: usize,
+}
+
 /// A notification ready for delivery: validated and routed.
 #[derive(Debug)]
 pub struct Envelope {
@@ -81,7 +96,7 @@ pub struct Envelope {
     pub kind: Box<str>,
     pub data: Option<Box<RawValue>>,
     /// Target rooms, without duplicates: recipients, explicit rooms, then the category's defaults.
-    pub rooms: Vec<Room>,
+    pub rooms: Box<[Room]>,
     pub broadcast: bool,
     pub message_id: Option<Box<str>>,
     /// RFC 3339, as the producer wrote it or as formatted from the AMQP property / receipt time.
@@ -113,9 +128,14 @@ struct RawBody<'a> {
 
 /// Longest accepted `messageId`: ids are keys of the dedupe window, so they are bounded.
 const MAX_MESSAGE_ID_LEN: usize = 256;
+/// Longest accepted `type`: it is copied into every payload and log line.
+pub const MAX_TYPE_LEN: usize = 256;
+/// Longest category, from a routing key or the ingest body (`[A-Za-z0-9_-]{1,64}`).
+pub const MAX_CATEGORY_LEN: usize = 64;
 
-pub fn parse(body: &[u8], source: Source<'_>, max_bytes: usize) -> Result<Envelope, Rejection> {
-    if body.len() > max_bytes {
+/// Validates and routes a producer's body.
+pub fn parse(body: &[u8], source: Source<'_>, limits: &Limits) -> Result<Envelope, Rejection> {
+    if body.len() > limits.max_bytes {
         return Err(Rejection::TooLarge);
     }
     let whole: &RawValue = serde_json::from_slice(body).map_err(|_| Rejection::NotJson)?;
@@ -129,24 +149,31 @@ pub fn parse(body: &[u8], source: Source<'_>, max_bytes: usize) -> Result<Envelo
     let kind = match opt_string(raw.kind)? {
         None => return Err(Rejection::MissingType),
         Some(kind) if kind.is_empty() => return Err(Rejection::MissingType),
+        Some(kind) if kind.len() > MAX_TYPE_LEN => return Err(Rejection::InvalidField),
         Some(kind) => kind,
     };
 
+    // A routing key's last segment reaches payloads, metrics and logs: it obeys the same
+    // grammar as the ingest's `category`.
     let category: Box<str> = match source.category {
-        CategoryFrom::RoutingKey(key) => key.rsplit('.').next().unwrap_or(key).into(),
+        CategoryFrom::RoutingKey(key) => match key.rsplit('.').next() {
+            Some(c) if is_token(c, MAX_CATEGORY_LEN) => c.into(),
+            _ => return Err(Rejection::InvalidField),
+        },
         CategoryFrom::Body => match opt_string(raw.category)? {
-            Some(c) if is_token(&c, 64) => c.into(),
+            Some(c) if is_token(&c, MAX_CATEGORY_LEN) => c.into(),
             _ => return Err(Rejection::InvalidField),
         },
     };
 
-    let mut rooms: Vec<Room> = Vec::new();
-    let mut push = |room: Room| {
-        if !rooms.contains(&room) {
-            rooms.push(room);
-        }
-    };
-    for recipient in opt_array(raw.recipients)? {
+    let recipients = opt_array(raw.recipients)?;
+    let explicit = opt_array(raw.rooms)?;
+    // Checked before any room is built, so a huge list costs one pass over the JSON at most.
+    if recipients.len() + explicit.len() > limits.max_rooms.saturating_mul(4) {
+        return Err(Rejection::TooManyRooms);
+    }
+    let mut rooms = RoomSet::default();
+    for recipient in recipients {
         let id = match recipient {
             serde_json::Value::String(s) => s,
             serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
@@ -154,17 +181,20 @@ pub fn parse(body: &[u8], source: Source<'_>, max_bytes: usize) -> Result<Envelo
             serde_json::Value::Number(_) => return Err(Rejection::InvalidRoom),
             _ => return Err(Rejection::InvalidField),
         };
-        push(Room::customer(&id).map_err(|_| Rejection::InvalidRoom)?);
+        rooms.insert(Room::customer(&id).map_err(|_| Rejection::InvalidRoom)?);
     }
-    for room in opt_array(raw.rooms)? {
+    for room in explicit {
         let serde_json::Value::String(name) = room else {
             return Err(Rejection::InvalidField);
         };
-        push(Room::parse(&name).map_err(|_| Rejection::InvalidRoom)?);
+        rooms.insert(Room::parse(&name).map_err(|_| Rejection::InvalidRoom)?);
+    }
+    if rooms.len() > limits.max_rooms {
+        return Err(Rejection::TooManyRooms);
     }
     for name in default_rooms(&category) {
         // The default table only holds valid names.
-        push(Room::parse(name).expect("default rooms are valid"));
+        rooms.insert(Room::parse(name).expect("default rooms are valid"));
     }
 
     let broadcast = match raw.broadcast {
@@ -205,12 +235,128 @@ pub fn parse(body: &[u8], source: Source<'_>, max_bytes: usize) -> Result<Envelo
         category,
         kind: kind.into_boxed_str(),
         data,
-        rooms,
+        rooms: rooms.into_ordered(),
         broadcast,
         message_id,
         timestamp,
         produced_at,
     })
+}
+
+/// Rooms in first-seen order without duplicates, deduplicated with a set so that a message
+/// naming many rooms costs linear time, not quadratic.
+#[derive(Default)]
+struct RoomSet {
+    seen: std::collections::HashSet<Room>,
+    order: Vec<Room>,
+}
+
+impl RoomSet {
+    fn insert(&mut self, room: Room) {
+        if self.seen.insert(room.clone()) {
+            self.order.push(room);
+        }
+    }
+    fn len(&self) -> usize {
+        self.order.len()
+    }
+    fn into_ordered(self) -> Box<[Room]> {
+        self.order.into_boxed_slice()
+    }
+}
+
+/// Header that marks a notification record in the stream (contract v2 section 2).
+pub const RECORD_HEADER: &str = "x-notify-bridge-record";
+
+/// A stream record as written (contract v2 section 2): the envelope, normalized.
+#[derive(Serialize)]
+struct RecordOut<'a> {
+    rooms: Vec<&'a str>,
+    broadcast: bool,
+    category: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    data: Option<&'a RawValue>,
+    #[serde(rename = "messageId")]
+    message_id: Option<&'a str>,
+    timestamp: &'a str,
+}
+
+#[derive(Deserialize)]
+struct RecordIn {
+    rooms: Vec<String>,
+    #[serde(default)]
+    broadcast: bool,
+    category: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+    #[serde(rename = "messageId", default)]
+    message_id: Option<String>,
+    timestamp: String,
+}
+
+impl Envelope {
+    /// The stream record's JSON body.
+    pub fn to_record(&self) -> Vec<u8> {
+        let record = RecordOut {
+            rooms: self.rooms.iter().map(Room::as_str).collect(),
+            broadcast: self.broadcast,
+            category: &self.category,
+            kind: &self.kind,
+            data: self.data.as_deref(),
+            message_id: self.message_id.as_deref(),
+            timestamp: &self.timestamp,
+        };
+        // Strings, booleans and already-valid raw JSON always serialize.
+        serde_json::to_vec(&record).expect("record serializes")
+    }
+
+    /// Reads a stream record back. The stream is written by the daemon, but other writers can
+    /// reach it too, so a record is validated again (rooms, timestamp) before it is trusted.
+    pub fn from_record(body: &[u8]) -> Result<Envelope, Rejection> {
+        let record: RecordIn = serde_json::from_slice(body).map_err(|_| Rejection::InvalidField)?;
+        let mut rooms = RoomSet::default();
+        for name in &record.rooms {
+            rooms.insert(Room::parse(name).map_err(|_| Rejection::InvalidRoom)?);
+        }
+        if record.kind.is_empty() || !is_token(&record.category, MAX_CATEGORY_LEN) {
+            return Err(Rejection::InvalidField);
+        }
+        let produced_at = OffsetDateTime::parse(&record.timestamp, &Rfc3339)
+            .map_err(|_| Rejection::InvalidField)?;
+        Ok(Envelope {
+            category: record.category.into(),
+            kind: record.kind.into(),
+            data: record.data.filter(|d| d.get() != "null"),
+            rooms: rooms.into_ordered(),
+            broadcast: record.broadcast,
+            message_id: record
+                .message_id
+                .filter(|id| !id.is_empty())
+                .map(Into::into),
+            timestamp: record.timestamp.into(),
+            produced_at,
+        })
+    }
+
+    /// What holding this notification costs, for `HISTORY_MAX_BYTES`: its text once, plus a
+    /// room name per target room.
+    pub fn held_bytes(&self) -> usize {
+        const OVERHEAD: usize = 160;
+        OVERHEAD
+            + self.category.len()
+            + self.kind.len()
+            + self.data.as_ref().map_or(0, |d| d.get().len())
+            + self.message_id.as_ref().map_or(0, |id| id.len())
+            + self.timestamp.len()
+            + self
+                .rooms
+                .iter()
+                .map(|r| r.as_str().len() + 16)
+                .sum::<usize>()
+    }
 }
 
 /// RFC 3339 in UTC with a `Z` and at most millisecond precision, as JavaScript's `Date` writes it.
@@ -253,26 +399,38 @@ mod tests {
         }
     }
 
+    const LIMITS: Limits = Limits {
+        max_bytes: 131_072,
+        max_rooms: 1000,
+    };
+
     fn parse_amqp(body: &str, key: &str) -> Result<Envelope, Rejection> {
-        parse(body.as_bytes(), amqp(key), 131_072)
+        parse(body.as_bytes(), amqp(key), &LIMITS)
     }
 
-    fn names(env: &Envelope) -> Vec<&str> {
-        env.rooms.iter().map(Room::as_str).collect()
+    fn limits(max_bytes: usize) -> Limits {
+        Limits {
+            max_bytes,
+            ..LIMITS
+        }
+    }
+
+    fn names(envelope: &Envelope) -> Vec<&str> {
+        envelope.rooms.iter().map(Room::as_str).collect()
     }
 
     #[test]
     fn routes_recipients_rooms_and_category_defaults() {
-        let env = parse_amqp(
+        let envelope = parse_amqp(
             r#"{"type":"charging.started","data":{"kwh":0},"recipients":[123,"456"],"rooms":["cms:stations"]}"#,
             "notification.session",
         )
         .unwrap();
-        assert_eq!(&*env.category, "session");
-        assert_eq!(&*env.kind, "charging.started");
-        assert_eq!(env.data.as_ref().unwrap().get(), r#"{"kwh":0}"#);
+        assert_eq!(&*envelope.category, "session");
+        assert_eq!(&*envelope.kind, "charging.started");
+        assert_eq!(envelope.data.as_ref().unwrap().get(), r#"{"kwh":0}"#);
         assert_eq!(
-            names(&env),
+            names(&envelope),
             [
                 "customer:123",
                 "customer:456",
@@ -281,18 +439,18 @@ mod tests {
                 "cms:sessions"
             ]
         );
-        assert!(!env.broadcast);
-        assert_eq!(env.message_id, None);
+        assert!(!envelope.broadcast);
+        assert_eq!(envelope.message_id, None);
     }
 
     #[test]
     fn duplicate_rooms_are_emitted_once() {
-        let env = parse_amqp(
+        let envelope = parse_amqp(
             r#"{"type":"t","recipients":[1,"1"],"rooms":["cms:dashboard"]}"#,
             "notification.x",
         )
         .unwrap();
-        assert_eq!(names(&env), ["customer:1", "cms:dashboard"]);
+        assert_eq!(names(&envelope), ["customer:1", "cms:dashboard"]);
     }
 
     #[test]
@@ -339,13 +497,125 @@ mod tests {
     }
 
     #[test]
+    fn more_rooms_than_max_recipients_is_too_many_rooms() {
+        let few = Limits {
+            max_rooms: 3,
+            ..LIMITS
+        };
+        let body = |n: usize| {
+            let ids: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+            format!(r#"{{"type":"t","recipients":[{}]}}"#, ids.join(","))
+        };
+        let at_limit = parse(body(3).as_bytes(), amqp("notification.station"), &few).unwrap();
+        // The category's own rooms do not count against the limit.
+        assert_eq!(at_limit.rooms.len(), 3 + 2);
+        assert_eq!(
+            parse(body(4).as_bytes(), amqp("notification.station"), &few).unwrap_err(),
+            Rejection::TooManyRooms
+        );
+        // Duplicates count once: the limit is on distinct rooms.
+        let repeated = r#"{"type":"t","recipients":[1,1,1,1,1],"rooms":["customer:1"]}"#;
+        assert!(parse(repeated.as_bytes(), amqp("notification.x"), &few).is_ok());
+        assert_eq!(
+            parse(
+                r#"{"type":"t","recipients":[1,2],"rooms":["cms:a","cms:b"]}"#.as_bytes(),
+                amqp("notification.x"),
+                &few
+            )
+            .unwrap_err(),
+            Rejection::TooManyRooms
+        );
+    }
+
+    #[test]
+    fn the_fan_out_attack_is_refused_in_linear_time() {
+        // 10,900 recipients: refused from the array's length alone, before a room is built.
+        let ids: Vec<String> = (0..10_900).map(|i| format!("\"c{i}\"")).collect();
+        let body = format!(r#"{{"type":"t","recipients":[{}]}}"#, ids.join(","));
+        let started = std::time::Instant::now();
+        assert_eq!(
+            parse(body.as_bytes(), amqp("notification.session"), &LIMITS).unwrap_err(),
+            Rejection::TooManyRooms
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_routing_key_category_obeys_the_category_grammar_and_type_is_capped() {
+        for key in [
+            "notification.",
+            "notification.a b",
+            "notification.é",
+            "notification.x/y",
+        ] {
+            assert_eq!(
+                parse_amqp(r#"{"type":"t"}"#, key).unwrap_err(),
+                Rejection::InvalidField,
+                "{key:?}"
+            );
+        }
+        let long = format!("notification.{}", "c".repeat(65));
+        assert_eq!(
+            parse_amqp(r#"{"type":"t"}"#, &long).unwrap_err(),
+            Rejection::InvalidField
+        );
+        assert!(
+            parse_amqp(r#"{"type":"t"}"#, "station").is_ok(),
+            "a key without dots is its own category"
+        );
+        let long_type = format!(r#"{{"type":"{}"}}"#, "t".repeat(MAX_TYPE_LEN + 1));
+        assert_eq!(
+            parse_amqp(&long_type, "notification.x").unwrap_err(),
+            Rejection::InvalidField
+        );
+        let max_type = format!(r#"{{"type":"{}"}}"#, "t".repeat(MAX_TYPE_LEN));
+        assert!(parse_amqp(&max_type, "notification.x").is_ok());
+    }
+
+    #[test]
+    fn a_record_reads_back_as_the_envelope_it_was_written_from() {
+        let original = parse_amqp(
+            r#"{"type":"charging.started","data":{"kwh":1.5},"recipients":[7],"messageId":"m-1","timestamp":"2026-11-22T10:00:00Z","broadcast":true}"#,
+            "notification.session",
+        )
+        .unwrap();
+        let back = Envelope::from_record(&original.to_record()).unwrap();
+        assert_eq!(names(&back), names(&original));
+        assert_eq!(
+            (&*back.category, &*back.kind, back.broadcast),
+            ("session", "charging.started", true)
+        );
+        assert_eq!(back.data.unwrap().get(), r#"{"kwh":1.5}"#);
+        assert_eq!(back.message_id.as_deref(), Some("m-1"));
+        assert_eq!(&*back.timestamp, "2026-11-22T10:00:00Z");
+
+        let record: serde_json::Value = serde_json::from_slice(&original.to_record()).unwrap();
+        assert_eq!(
+            record,
+            serde_json::json!({
+                "rooms": ["customer:7", "cms:dashboard", "cms:sessions"],
+                "broadcast": true, "category": "session", "type": "charging.started",
+                "data": {"kwh": 1.5}, "messageId": "m-1", "timestamp": "2026-11-22T10:00:00Z"
+            })
+        );
+        for bad in [
+            r#"{"rooms":["lobby"],"category":"x","type":"t","timestamp":"2026-11-22T10:00:00Z"}"#,
+            r#"{"rooms":[],"category":"x","type":"t","timestamp":"yesterday"}"#,
+            r#"{"rooms":[],"category":"x y","type":"t","timestamp":"2026-11-22T10:00:00Z"}"#,
+            r#"{"marker":"abc"}"#,
+        ] {
+            assert!(Envelope::from_record(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn too_large_is_checked_before_parsing() {
         let body = format!(r#"{{"type":"t","data":"{}"}}"#, "x".repeat(200));
         assert_eq!(
-            parse(body.as_bytes(), amqp("notification.a"), 100).unwrap_err(),
+            parse(body.as_bytes(), amqp("notification.a"), &limits(100)).unwrap_err(),
             Rejection::TooLarge
         );
-        assert!(parse(body.as_bytes(), amqp("notification.a"), body.len()).is_ok());
+        assert!(parse(body.as_bytes(), amqp("notification.a"), &limits(body.len())).is_ok());
     }
 
     #[test]
@@ -355,47 +625,47 @@ mod tests {
             message_id: Some("prop-id"),
             timestamp: Some(1_700_000_000),
         };
-        let env = parse(
+        let envelope = parse(
             br#"{"type":"t","messageId":"body-id","timestamp":"2026-11-22T10:00:00Z"}"#,
             source,
-            1024,
+            &limits(1024),
         )
         .unwrap();
-        assert_eq!(env.message_id.as_deref(), Some("body-id"));
-        assert_eq!(&*env.timestamp, "2026-11-22T10:00:00Z");
+        assert_eq!(envelope.message_id.as_deref(), Some("body-id"));
+        assert_eq!(&*envelope.timestamp, "2026-11-22T10:00:00Z");
 
-        let env = parse(br#"{"type":"t"}"#, source, 1024).unwrap();
-        assert_eq!(env.message_id.as_deref(), Some("prop-id"));
-        assert_eq!(&*env.timestamp, "2023-11-14T22:13:20Z");
+        let envelope = parse(br#"{"type":"t"}"#, source, &limits(1024)).unwrap();
+        assert_eq!(envelope.message_id.as_deref(), Some("prop-id"));
+        assert_eq!(&*envelope.timestamp, "2023-11-14T22:13:20Z");
     }
 
     #[test]
     fn null_data_and_missing_fields_become_none() {
-        let env = parse_amqp(
+        let envelope = parse_amqp(
             r#"{"type":"t","data":null,"broadcast":null}"#,
             "notification.customer",
         )
         .unwrap();
-        assert!(env.data.is_none());
-        assert!(!env.broadcast);
-        assert_eq!(names(&env), ["cms:dashboard"]);
-        assert!(OffsetDateTime::parse(&env.timestamp, &Rfc3339).is_ok());
+        assert!(envelope.data.is_none());
+        assert!(!envelope.broadcast);
+        assert_eq!(names(&envelope), ["cms:dashboard"]);
+        assert!(OffsetDateTime::parse(&envelope.timestamp, &Rfc3339).is_ok());
     }
 
     #[test]
     fn http_ingest_takes_the_category_from_the_body() {
         let body = br#"{"type":"t","category":"charger"}"#;
-        let env = parse(
+        let envelope = parse(
             body,
             Source {
                 category: CategoryFrom::Body,
                 message_id: None,
                 timestamp: None,
             },
-            1024,
+            &limits(1024),
         )
         .unwrap();
-        assert_eq!(&*env.category, "charger");
+        assert_eq!(&*envelope.category, "charger");
         for bad in [
             r#"{"type":"t"}"#,
             r#"{"type":"t","category":"a.b"}"#,
@@ -408,7 +678,7 @@ mod tests {
                     message_id: None,
                     timestamp: None,
                 },
-                1024,
+                &limits(1024),
             );
             assert_eq!(got.unwrap_err(), Rejection::InvalidField, "{bad}");
         }
@@ -466,11 +736,18 @@ mod properties {
                 message_id: Some("m"),
                 timestamp: Some(u64::MAX),
             };
-            if let Ok(env) = parse(body, source, 4096) {
+            if let Ok(envelope) = parse(
+                body,
+                source,
+                &Limits {
+                    max_bytes: 4096,
+                    max_rooms: 1000,
+                },
+            ) {
                 // Whatever is accepted is routed to valid rooms and carries a type.
-                prop_assert!(!env.kind.is_empty());
-                prop_assert!(!env.rooms.is_empty());
-                for room in &env.rooms {
+                prop_assert!(!envelope.kind.is_empty());
+                prop_assert!(!envelope.rooms.is_empty());
+                for room in &envelope.rooms {
                     prop_assert_eq!(Room::parse(room.as_str()), Ok(room.clone()));
                 }
             }

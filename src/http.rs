@@ -21,7 +21,6 @@ use tower_http::timeout::TimeoutLayer;
 use crate::AppState;
 use crate::auth::{Principal, bearer_token};
 use crate::config::CorsOrigins;
-use crate::delivery::DedupeKey;
 use crate::envelope::{self, CategoryFrom, Rejection, Source};
 use crate::metrics::HttpLabels;
 use crate::rooms::Room;
@@ -245,9 +244,9 @@ async fn poll(
             format!("not allowed to read {room}"),
         ));
     }
-    let page = app.delivery.read(&rooms, after.as_deref(), limit);
+    let page = app.fanout.read(&rooms, after.as_deref(), limit).await;
     let body = PollResponse {
-        notifications: page.items.iter().map(|item| &*item.json).collect(),
+        notifications: page.notifications.iter().map(|json| &**json).collect(),
         cursor: page.cursor,
         reset: page.reset,
     };
@@ -276,27 +275,18 @@ async fn ingest(
         message_id: None,
         timestamp: None,
     };
-    let envelope = envelope::parse(&body, source, app.config.limits.max_message_bytes)?;
-    match &app.broker {
-        Some(broker) => {
-            let routing_key = format!("notification.{}", envelope.category);
-            broker.publish(&routing_key, &body).await.map_err(|error| {
-                tracing::warn!(%error, "ingest: publish failed");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "broker_unavailable",
-                    error.to_string(),
-                )
-            })?;
-        }
-        None => {
-            let key = envelope
-                .message_id
-                .as_deref()
-                .map_or(DedupeKey::None, DedupeKey::MessageId);
-            app.delivery.deliver(&envelope, key);
-        }
-    }
+    let envelope = envelope::parse(&body, source, &app.parse_limits())?;
+    crate::submit(&app, envelope, &body)
+        .await
+        .map_err(|error| {
+            // The broker's address and the client library's words stay in the log.
+            tracing::warn!(%error, "ingest: publish failed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "broker_unavailable",
+                "the broker did not confirm the notification; retry later",
+            )
+        })?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": true }))).into_response())
 }
 
@@ -318,7 +308,7 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     match app.readiness.check() {
-        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
+        Ok(broker) => Json(json!({ "status": "ready", "broker": broker.as_str() })).into_response(),
         Err(reason) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason).into_response()
         }
@@ -326,7 +316,7 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {
-    app.delivery.housekeeping_gauges();
+    app.fanout.refresh_gauges();
     (
         [(
             header::CONTENT_TYPE,

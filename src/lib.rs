@@ -6,30 +6,38 @@
 //!
 //! - [`config`]: environment variables, validated at start.
 //! - [`rooms`], [`auth`], [`envelope`]: room grammar and default routing, JWT roles, parsing a
-//!   message body. No I/O.
-//! - [`history`]: per-room history with epoch cursors and memory caps.
-//! - [`delivery`]: the one delivery path: dedupe, number, store, emit.
-//! - [`amqp`]: topology, consumer supervisor, dead letters, confirmed publish.
-//! - [`socket`], [`http`]: the Socket.IO and HTTP surfaces.
-//! - [`metrics`], [`readiness`], [`telemetry`], [`demo`], [`tools`]: operations.
+//!   message body and a stream record. No I/O.
+//! - `dedupe`, `history`, `ledger`: the core, no I/O: what was seen before, each room's memory
+//!   window, and the ledger that numbers notifications and answers "what follows cursor C".
+//! - `fanout`: emits the ledger's answers to this instance's sockets; joins and polls.
+//! - `amqp` (connection, topology, supervisor), `consumer` (the queue's active consumer:
+//!   validate, dead-letter, append to the stream), `stream` (every instance reads the stream;
+//!   replays beyond the memory window).
+//! - `socket`, `http`: the Socket.IO and HTTP surfaces.
+//! - `supervisor`, `readiness`, `metrics`, [`telemetry`], `demo`, [`cli`]: operations.
 //!
 //! [`run`] starts everything on a given listener and stops on a cancellation token, so tests
 //! start the real daemon on port 0.
 
-pub mod amqp;
-pub mod auth;
+pub(crate) mod amqp;
+pub(crate) mod auth;
+pub mod cli;
 pub mod config;
-pub mod delivery;
-pub mod demo;
+pub(crate) mod consumer;
+pub(crate) mod dedupe;
+pub(crate) mod demo;
 pub mod envelope;
-pub mod history;
-pub mod http;
-pub mod metrics;
-pub mod readiness;
+pub(crate) mod fanout;
+pub(crate) mod history;
+pub(crate) mod http;
+pub(crate) mod ledger;
+pub(crate) mod metrics;
+pub(crate) mod readiness;
 pub mod rooms;
-pub mod socket;
+pub(crate) mod socket;
+pub(crate) mod stream;
+pub(crate) mod supervisor;
 pub mod telemetry;
-pub mod tools;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,20 +51,31 @@ use tokio_util::sync::CancellationToken;
 use crate::amqp::Broker;
 use crate::auth::Authenticator;
 use crate::config::{AuthMode, Config};
-use crate::delivery::Delivery;
-use crate::history::History;
+use crate::fanout::Fanout;
+use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
+use crate::supervisor::supervise;
 
 /// Everything request handlers and tasks share.
-pub struct AppState {
+pub(crate) struct AppState {
     pub config: Config,
     pub auth: Authenticator,
-    pub delivery: Arc<Delivery>,
+    pub fanout: Arc<Fanout>,
     pub metrics: Arc<Metrics>,
     pub readiness: Readiness,
     /// Present when `ENABLE_RABBITMQ=true`: ingest publishes through it.
     pub broker: Option<Arc<Broker>>,
+}
+
+impl AppState {
+    /// What limits a producer's body.
+    pub fn parse_limits(&self) -> envelope::Limits {
+        envelope::Limits {
+            max_bytes: self.config.limits.max_message_bytes,
+            max_rooms: self.config.limits.max_recipients,
+        }
+    }
 }
 
 /// Largest Socket.IO packet a client may send: clients only send `join-room` / `leave-room`.
@@ -68,6 +87,8 @@ const SOCKET_FLUSH_GRACE: Duration = Duration::from_millis(500);
 const WS_READ_BUFFER_BYTES: usize = 512;
 /// How often idle history rooms are looked for.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
+/// Packets of a socket's queue kept free for live traffic while a join replays into it.
+const LIVE_HEADROOM: usize = 64;
 
 /// Serves on `listener` until `shutdown` is cancelled, then drains within `SHUTDOWN_TIMEOUT_MS`.
 pub async fn run(
@@ -95,32 +116,46 @@ pub async fn run(
         // Every idle connection keeps one; clients only send small join/leave packets.
         .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
         .build_layer();
-    let history = History::new(config.history.clone());
-    let delivery = Arc::new(Delivery::new(
+    let ledger = if config.enable_rabbitmq {
+        Ledger::streamed(
+            config.history.clone(),
+            config.dedupe_window,
+            config.rabbitmq.replay_max,
+        )
+    } else {
+        Ledger::local(config.history.clone(), config.dedupe_window)
+    };
+    let fanout = Arc::new(Fanout::new(
         io.clone(),
-        history,
-        config.dedupe_window,
+        ledger,
         metrics.clone(),
+        socket_buffer.saturating_sub(LIVE_HEADROOM),
     ));
+    let limits = envelope::Limits {
+        max_bytes: config.limits.max_message_bytes,
+        max_rooms: config.limits.max_recipients,
+    };
 
     let (readiness, broker) = if config.enable_rabbitmq {
-        let readiness = Readiness::not_ready("connecting to RabbitMQ");
+        let readiness = Readiness::with_broker();
         let broker = Arc::new(Broker::new(
             config.rabbitmq.clone(),
-            config.limits.max_message_bytes,
-            delivery.clone(),
+            limits,
+            config.dedupe_window,
+            fanout.clone(),
             metrics.clone(),
             readiness.clone(),
         ));
+        fanout.set_deep_history(Arc::new(stream::Replayer::new(&broker)));
         (readiness, Some(broker))
     } else {
-        (Readiness::ready(), None)
+        (Readiness::without_broker(), None)
     };
 
     let app = Arc::new(AppState {
         auth: Authenticator::new(&config.auth),
         config,
-        delivery: delivery.clone(),
+        fanout: fanout.clone(),
         metrics,
         readiness: readiness.clone(),
         broker: broker.clone(),
@@ -137,10 +172,32 @@ pub async fn run(
         .service(http::router(app.clone()));
 
     let tasks = CancellationToken::new();
-    let consumer = broker.map(|broker| tokio::spawn(broker.run(tasks.clone())));
-    tokio::spawn(housekeeping(delivery.clone(), tasks.clone()));
+    let consumer = broker.map(|broker| {
+        let stop = tasks.clone();
+        tokio::spawn(supervise(
+            "broker",
+            readiness.clone(),
+            tasks.clone(),
+            move || broker.clone().run(stop.clone()),
+        ))
+    });
+    {
+        let (fanout, stop) = (fanout.clone(), tasks.clone());
+        tokio::spawn(supervise(
+            "housekeeping",
+            readiness.clone(),
+            tasks.clone(),
+            move || housekeeping(fanout.clone(), stop.clone()),
+        ));
+    }
     if app.config.demo {
-        tokio::spawn(demo::run(delivery.clone(), tasks.clone()));
+        let (app, stop) = (app.clone(), tasks.clone());
+        tokio::spawn(supervise(
+            "demo",
+            readiness.clone(),
+            tasks.clone(),
+            move || demo::run(app.clone(), stop.clone()),
+        ));
     }
 
     let server_stop = CancellationToken::new();
@@ -156,6 +213,7 @@ pub async fn run(
     let mut server = tokio::spawn(server.into_future());
     tracing::info!(
         %address,
+        version = env!("CARGO_PKG_VERSION"),
         rabbitmq = app.config.enable_rabbitmq,
         auth = app.auth.required(),
         worker_threads = app.config.worker_threads,
@@ -172,7 +230,7 @@ pub async fn run(
     }
 
     tracing::info!(timeout = ?app.config.shutdown_timeout, "shutting down");
-    readiness.set_not_ready("shutting down");
+    readiness.set_shutting_down();
     tasks.cancel();
     let drain = async {
         // Stop consuming first: unacked deliveries go back to the queue, nothing is half done.
@@ -227,14 +285,46 @@ pub async fn bind(address: &str) -> std::io::Result<TcpListener> {
         .unwrap_or_else(|| std::io::Error::other(format!("{address} resolves to no address"))))
 }
 
-async fn housekeeping(delivery: Arc<Delivery>, stop: CancellationToken) {
+async fn housekeeping(fanout: Arc<Fanout>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => delivery.evict_idle(),
+            _ = tick.tick() => fanout.evict_idle(),
         }
     }
+}
+
+/// Why a notification could not be submitted.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SubmitError {
+    #[error(transparent)]
+    Publish(#[from] amqp::PublishError),
+}
+
+/// Submits a producer's notification: with RabbitMQ, published to the exchange (so that it
+/// reaches the stream and every instance); without, accepted and emitted here.
+pub(crate) async fn submit(
+    app: &AppState,
+    envelope: envelope::Envelope,
+    body: &[u8],
+) -> Result<(), SubmitError> {
+    match &app.broker {
+        Some(broker) => {
+            let routing_key = format!("notification.{}", envelope.category);
+            let mut properties = lapin::BasicProperties::default();
+            if let Some(id) = &envelope.message_id {
+                properties = properties.with_message_id(id.as_ref().into());
+            }
+            broker.publish(&routing_key, body, properties).await?;
+        }
+        None => {
+            let envelope = Arc::new(envelope);
+            app.fanout.publish(None, envelope.clone());
+            app.fanout.observe_lag(&envelope);
+        }
+    }
+    Ok(())
 }
 
 fn warn_about_risky_settings(config: &Config) {

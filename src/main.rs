@@ -74,10 +74,10 @@ async fn run(cli: Cli, config: Config) -> ExitCode {
             json,
             file,
         } => {
-            notify_bridge::tools::publish(&config, &routing_key, json.as_deref(), file.as_deref())
+            notify_bridge::cli::publish(&config, &routing_key, json.as_deref(), file.as_deref())
                 .await
         }
-        Command::Healthcheck => notify_bridge::tools::healthcheck(&config).await,
+        Command::Healthcheck => notify_bridge::cli::healthcheck(&config).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

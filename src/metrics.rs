@@ -23,6 +23,12 @@ pub struct DeadLetterLabels {
     pub reason: &'static str,
 }
 
+/// Where a replay was served from: the memory window, or the stream behind it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplayLabels {
+    pub source: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub method: String,
@@ -42,6 +48,16 @@ pub struct Metrics {
     pub sockets_stalled: Counter,
     pub history_rooms: Gauge,
     pub history_notifications: Gauge,
+    /// Bytes of notifications held for polling and replay (`HISTORY_MAX_BYTES` caps it).
+    pub history_bytes: Gauge,
+    /// Joins and polls with a cursor that were answered with what followed it.
+    pub replays: Family<ReplayLabels, Counter>,
+    /// Answers with `reset: true`: something after the cursor could no longer be replayed.
+    pub resets: Counter,
+    /// Seconds this instance's stream reader is behind the stream's tail (0 when caught up).
+    pub stream_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// 1 while this instance is the queue's single active consumer.
+    pub stream_active_consumer: Gauge,
     pub broker_connected: Gauge,
     pub broker_reconnects: Counter,
     /// Seconds from the notification's timestamp to its emit.
@@ -66,6 +82,11 @@ impl Metrics {
         let sockets_stalled = Counter::default();
         let history_rooms = Gauge::default();
         let history_notifications = Gauge::default();
+        let history_bytes = Gauge::default();
+        let replays = Family::default();
+        let resets = Counter::default();
+        let stream_lag_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let stream_active_consumer = Gauge::default();
         let broker_connected = Gauge::default();
         let broker_reconnects = Counter::default();
         // 0.5 ms to ~16 s.
@@ -113,6 +134,31 @@ impl Metrics {
             history_notifications.clone(),
         );
         registry.register(
+            "history_bytes",
+            "Bytes of notifications retained in history",
+            history_bytes.clone(),
+        );
+        registry.register(
+            "replays",
+            "Joins and polls with a cursor answered with what followed it, by source",
+            replays.clone(),
+        );
+        registry.register(
+            "resets",
+            "Answers with reset: true (something after the cursor can no longer be replayed)",
+            resets.clone(),
+        );
+        registry.register(
+            "stream_lag_seconds",
+            "Seconds this instance's stream reader is behind the stream's tail",
+            stream_lag_seconds.clone(),
+        );
+        registry.register(
+            "stream_active_consumer",
+            "1 while this instance is the queue's single active consumer",
+            stream_active_consumer.clone(),
+        );
+        registry.register(
             "broker_connected",
             "1 while consuming from RabbitMQ",
             broker_connected.clone(),
@@ -143,6 +189,11 @@ impl Metrics {
             sockets_stalled,
             history_rooms,
             history_notifications,
+            history_bytes,
+            replays,
+            resets,
+            stream_lag_seconds,
+            stream_active_consumer,
             broker_connected,
             broker_reconnects,
             delivery_lag,

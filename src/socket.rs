@@ -101,7 +101,7 @@ fn register_events(app: &Arc<AppState>, socket: &SocketRef) {
             let app = for_join.clone();
             let limiter = limiter.clone();
             async move {
-                let reply = join_room(&app, &socket, arg.unwrap_or(Value::Null), &limiter);
+                let reply = join_room(&app, &socket, arg.unwrap_or(Value::Null), &limiter).await;
                 let _ = ack.send(&reply);
             }
         },
@@ -131,38 +131,79 @@ fn room_of(arg: &Value) -> Option<&str> {
     }
 }
 
-fn refuse(error: &str) -> Value {
-    json!({ "ok": false, "error": error })
+/// Why a `join-room` was refused; the code is the ack's `error` (contract section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JoinRefusal {
+    InvalidRoom,
+    Forbidden,
+    RateLimited,
+    TooManyRooms,
 }
 
-fn join_room(
+impl JoinRefusal {
+    pub fn code(self) -> &'static str {
+        match self {
+            JoinRefusal::InvalidRoom => "invalid_room",
+            JoinRefusal::Forbidden => "forbidden",
+            JoinRefusal::RateLimited => "rate_limited",
+            JoinRefusal::TooManyRooms => "too_many_rooms",
+        }
+    }
+
+    fn ack(self) -> Value {
+        json!({ "ok": false, "error": self.code() })
+    }
+}
+
+async fn join_room(
     app: &AppState,
     socket: &SocketRef,
     arg: Value,
     limiter: &Mutex<JoinLimiter>,
 ) -> Value {
-    let Some(room) = room_of(&arg).and_then(|r| Room::parse(r).ok()) else {
-        return refuse("invalid_room");
-    };
-    // Set by the handshake middleware, which every connected socket went through; a socket
-    // without one is refused rather than trusted.
-    let Some(principal) = socket.extensions.get::<Principal>() else {
-        return refuse("forbidden");
-    };
-    if !principal.can_read(&room) {
-        tracing::debug!(sid = %socket.id, who = %principal.label(), %room, "join refused: forbidden");
-        return refuse("forbidden");
+    match try_join(app, socket, &arg, limiter).await {
+        Ok((room, reset)) => {
+            if reset {
+                json!({ "ok": true, "room": room.as_str(), "reset": true })
+            } else {
+                json!({ "ok": true, "room": room.as_str() })
+            }
+        }
+        Err(refusal) => refusal.ack(),
     }
-    if !limiter
+}
+
+async fn try_join(
+    app: &AppState,
+    socket: &SocketRef,
+    arg: &Value,
+    limiter: &Mutex<JoinLimiter>,
+) -> Result<(Room, bool), JoinRefusal> {
+    // Every attempt counts against the rate, refused ones too: probing rooms or flooding with
+    // invalid names costs a client its budget like real joins do.
+    let allowed = limiter
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .try_take(Instant::now())
-    {
-        return refuse("rate_limited");
+        .try_take(Instant::now());
+    let room = room_of(arg)
+        .and_then(|r| Room::parse(r).ok())
+        .ok_or(JoinRefusal::InvalidRoom)?;
+    // Set by the handshake middleware, which every connected socket went through; a socket
+    // without one is refused rather than trusted.
+    let principal = socket
+        .extensions
+        .get::<Principal>()
+        .ok_or(JoinRefusal::Forbidden)?;
+    if !principal.can_read(&room) {
+        tracing::debug!(sid = %socket.id, who = %principal.label(), %room, "join refused: forbidden");
+        return Err(JoinRefusal::Forbidden);
+    }
+    if !allowed {
+        return Err(JoinRefusal::RateLimited);
     }
     let already_in = socket.rooms().iter().any(|r| r == room.as_str());
     if !already_in && socket.rooms().len() >= app.config.limits.max_rooms_per_socket {
-        return refuse("too_many_rooms");
+        return Err(JoinRefusal::TooManyRooms);
     }
     // A malformed cursor (not a string) is an unknown one: it replays everything with `reset`.
     let after = match arg.get("after") {
@@ -170,13 +211,9 @@ fn join_room(
         Some(Value::String(cursor)) => Some(cursor.clone()),
         Some(other) => Some(other.to_string()),
     };
-    let reset = app.delivery.join(socket, &room, after.as_deref());
+    let reset = app.fanout.join(socket, &room, after.as_deref()).await;
     tracing::debug!(sid = %socket.id, %room, ?after, reset, "joined");
-    if reset {
-        json!({ "ok": true, "room": room.as_str(), "reset": true })
-    } else {
-        json!({ "ok": true, "room": room.as_str() })
-    }
+    Ok((room, reset))
 }
 
 /// A token bucket: `rate` joins a second, bursts of up to `rate`.

@@ -407,7 +407,11 @@ async fn delete_topology(exchange: &str, queue: &str) {
         return;
     };
     if let Ok(channel) = connection.create_channel().await {
-        for q in [queue.to_owned(), format!("{queue}.dead")] {
+        for q in [
+            queue.to_owned(),
+            format!("{queue}.dead"),
+            format!("{queue}.log"),
+        ] {
             let _ = channel
                 .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                 .await;

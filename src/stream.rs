@@ -1,0 +1,405 @@
+//! Reading the stream `notifications.log` (contract v2 sections 2, 3, 6).
+//!
+//! - [`follow`]: every instance reads the stream and hands each record to the fan-out under
+//!   the id of its offset. A fresh instance starts `RABBITMQ_REBUILD_MAX_AGE` back to fill its
+//!   memory windows, appends a marker record of its own, and is caught up (ready) when it reads
+//!   that marker back: everything appended before it started reading has been read. After an
+//!   outage it resumes at the offset after the last one it read.
+//! - [`Replayer`]: a cursor older than a room's memory window is served from the stream by a
+//!   short-lived consumer that reads from the cursor, keeps the room's records, and stops at
+//!   the window; `RABBITMQ_REPLAY_MAX` bounds what it reads, and replays queue behind a small
+//!   number of slots.
+//!
+//! Stream filtering needs RabbitMQ 3.13, so records are filtered here, which also works on the
+//! 3.10 brokers this daemon supports.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery as AmqpDelivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection};
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use crate::amqp::{Broker, PUBLISH_CONFIRM_TIMEOUT, SessionError};
+use crate::consumer::APPENDED_AT_HEADER;
+use crate::envelope::{Envelope, RECORD_HEADER};
+use crate::fanout::{DeepHistory, FetchError, FetchFuture};
+use crate::history::Item;
+use crate::ledger::Ids;
+use crate::rooms::Room;
+
+/// Header of a marker record: an instance's "I started reading here", never a notification.
+pub const MARKER_HEADER: &str = "x-notify-bridge-marker";
+/// Records the broker may push ahead of our acks (streams need acks as credit).
+const STREAM_PREFETCH: u16 = 1000;
+/// Acks of read records are sent per this many, or when the reader is idle.
+const ACK_EVERY: usize = 200;
+/// One replay gives up after this long and answers with a reset.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
+/// With no record for this long, the reader is at the tail: its lag is zero.
+const IDLE_IS_CAUGHT_UP: Duration = Duration::from_secs(1);
+
+/// Where a stream consumer starts.
+enum Start {
+    Offset(u64),
+    /// Seconds since the epoch.
+    Timestamp(u64),
+}
+
+async fn consume_from(
+    channel: &Channel,
+    stream: &str,
+    start: Start,
+) -> Result<lapin::Consumer, lapin::Error> {
+    // Streams deliver only to consumers with a prefetch and manual acks.
+    channel
+        .basic_qos(STREAM_PREFETCH, BasicQosOptions::default())
+        .await?;
+    let mut arguments = FieldTable::default();
+    let offset = match start {
+        Start::Offset(offset) => AMQPValue::LongLongInt(offset as i64),
+        Start::Timestamp(seconds) => AMQPValue::Timestamp(seconds),
+    };
+    arguments.insert("x-stream-offset".into(), offset);
+    channel
+        .basic_consume(
+            stream.into(),
+            ShortString::from(""),
+            BasicConsumeOptions::default(),
+            arguments,
+        )
+        .await
+}
+
+/// The stream offset of a delivery, from the header RabbitMQ adds to every stream message.
+fn offset_of(delivery: &AmqpDelivery) -> Option<u64> {
+    match delivery
+        .properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get("x-stream-offset")?
+    {
+        AMQPValue::LongLongInt(offset) => u64::try_from(*offset).ok(),
+        AMQPValue::Timestamp(offset) => Some(*offset),
+        AMQPValue::LongInt(offset) => u64::try_from(*offset).ok(),
+        _ => None,
+    }
+}
+
+fn header<'a>(delivery: &'a AmqpDelivery, name: &str) -> Option<&'a AMQPValue> {
+    delivery.properties.headers().as_ref()?.inner().get(name)
+}
+
+/// Reads the stream until `stop` or a failure; see the module doc.
+pub(crate) async fn follow(
+    broker: &Broker,
+    connection: &Connection,
+    stop: &CancellationToken,
+) -> Result<(), SessionError> {
+    let stream = broker.config.stream.as_str();
+    let channel = connection.create_channel().await?;
+    let head = broker.fanout.head();
+    let start = if head == 0 {
+        let back = broker.config.rebuild_max_age.as_secs();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
+        Start::Timestamp(now.saturating_sub(back))
+    } else {
+        Start::Offset(Ids::next_offset(head))
+    };
+    let mut consumer = consume_from(&channel, stream, start).await?;
+    let marker = if broker.readiness.is_caught_up() {
+        None
+    } else {
+        Some(append_marker(connection, stream).await?)
+    };
+    tracing::info!(%stream, resume_after = head, "reading the notification stream");
+
+    let mut unacked = None;
+    let mut count = 0usize;
+    let mut idle = tokio::time::interval(IDLE_IS_CAUGHT_UP);
+    let mut since_last = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => {
+                if let Some(delivery) = unacked.take() {
+                    let _ = ack_through(delivery).await;
+                }
+                let _ = channel.close(200, "stopping".into()).await;
+                return Ok(());
+            }
+            next = consumer.next() => {
+                let delivery = match next {
+                    Some(Ok(delivery)) => delivery,
+                    Some(Err(error)) => return Err(error.into()),
+                    None => return Err(SessionError::ConsumerCancelled(stream.to_owned())),
+                };
+                since_last = true;
+                read_one(broker, &delivery, marker.as_deref())?;
+                unacked = Some(delivery);
+                count += 1;
+                if count >= ACK_EVERY && let Some(delivery) = unacked.take() {
+                    count = 0;
+                    ack_through(delivery).await?;
+                }
+            }
+            _ = idle.tick() => {
+                if let Some(delivery) = unacked.take() {
+                    count = 0;
+                    ack_through(delivery).await?;
+                }
+                if !since_last {
+                    broker.metrics.stream_lag_seconds.set(0.0);
+                }
+                since_last = false;
+            }
+        }
+    }
+}
+
+async fn ack_through(delivery: AmqpDelivery) -> Result<(), lapin::Error> {
+    delivery
+        .acker
+        .ack(BasicAckOptions { multiple: true })
+        .await
+        .map(|_| ())
+}
+
+/// Hands one stream delivery to the fan-out.
+fn read_one(
+    broker: &Broker,
+    delivery: &AmqpDelivery,
+    marker: Option<&str>,
+) -> Result<(), SessionError> {
+    let stream = broker.config.stream.as_str();
+    let Some(offset) = offset_of(delivery) else {
+        tracing::warn!(%stream, "a stream delivery without x-stream-offset: skipped");
+        return Ok(());
+    };
+    let fanout = &broker.fanout;
+    let head = fanout.head();
+    let expected = Ids::next_offset(head);
+    if head > 0 && offset < expected {
+        // A reconnect may re-read the start of a chunk: already read.
+        return Ok(());
+    }
+    if head > 0 && offset > expected {
+        // Retention removed records this instance had not read yet (it was away longer than
+        // RABBITMQ_STREAM_MAX_AGE): what they held is a gap, answered with `reset`.
+        tracing::warn!(%stream, expected, got = offset, "stream records expired before this instance read them");
+        fanout.forget_through(Ids::of_offset(offset) - 1);
+    }
+    if let Some(AMQPValue::LongString(id)) = header(delivery, MARKER_HEADER) {
+        fanout.skip(offset);
+        if marker.is_some_and(|ours| id.as_bytes() == ours.as_bytes())
+            && !broker.readiness.is_caught_up()
+        {
+            broker.readiness.set_caught_up();
+            tracing::info!(%stream, offset, "caught up with the notification stream: ready");
+        }
+        return Ok(());
+    }
+    if header(delivery, RECORD_HEADER).is_none() {
+        // Another writer's message: not ours to emit.
+        fanout.skip(offset);
+        return Ok(());
+    }
+    match Envelope::from_record(&delivery.data) {
+        Ok(envelope) => {
+            let envelope = Arc::new(envelope);
+            let live = broker.readiness.is_caught_up();
+            fanout.publish(Some(offset), envelope.clone());
+            if live {
+                fanout.observe_lag(&envelope);
+                if let Some(AMQPValue::LongLongInt(appended_ms)) =
+                    header(delivery, APPENDED_AT_HEADER)
+                {
+                    let now_ms =
+                        (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+                    broker
+                        .metrics
+                        .stream_lag_seconds
+                        .set((now_ms - appended_ms).max(0) as f64 / 1000.0);
+                }
+            }
+        }
+        Err(rejection) => {
+            tracing::warn!(%stream, offset, reason = rejection.code(), "a stream record does not parse: skipped");
+            fanout.skip(offset);
+        }
+    }
+    Ok(())
+}
+
+/// Appends a marker with a fresh id and waits for its confirm; returns the id.
+async fn append_marker(connection: &Connection, stream: &str) -> Result<String, SessionError> {
+    let id = format!("{:032x}", rand::rng().random::<u128>());
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut headers = FieldTable::default();
+    headers.insert(
+        MARKER_HEADER.into(),
+        AMQPValue::LongString(id.as_str().into()),
+    );
+    let properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    let body = format!(r#"{{"marker":"{id}"}}"#);
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            stream.into(),
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            properties,
+        )
+        .await?;
+    let confirmed = tokio::time::timeout(PUBLISH_CONFIRM_TIMEOUT, confirm).await;
+    let _ = channel.close(200, "marker appended".into()).await;
+    match confirmed {
+        Ok(Ok(confirmation)) if confirmation.is_ack() => Ok(id),
+        Ok(Err(error)) => Err(error.into()),
+        _ => Err(SessionError::AppendRefused(stream.to_owned())),
+    }
+}
+
+/// Serves replays beyond the memory window from the stream (see the module doc).
+pub struct Replayer {
+    /// Weak: the broker owns the fan-out, which holds this.
+    broker: Weak<Broker>,
+}
+
+impl Replayer {
+    pub fn new(broker: &Arc<Broker>) -> Self {
+        Self {
+            broker: Arc::downgrade(broker),
+        }
+    }
+}
+
+impl DeepHistory for Replayer {
+    fn fetch<'a>(
+        &'a self,
+        room: &'a Room,
+        after: u64,
+        upto: u64,
+        max_items: usize,
+    ) -> FetchFuture<'a> {
+        Box::pin(async move {
+            let broker = self
+                .broker
+                .upgrade()
+                .ok_or_else(|| FetchError::Unavailable("shutting down".into()))?;
+            // Closed only when the broker goes away, which ends this process's replays anyway.
+            let _slot = broker
+                .replay_slots
+                .acquire()
+                .await
+                .map_err(|_| FetchError::Unavailable("shutting down".into()))?;
+            let connection = broker
+                .connection()
+                .ok_or_else(|| FetchError::Unavailable("not connected".into()))?;
+            let started = std::time::Instant::now();
+            let result = tokio::time::timeout(
+                REPLAY_TIMEOUT,
+                read_range(&broker, &connection, room, after, upto, max_items),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(FetchError::Unavailable(format!(
+                    "no answer within {REPLAY_TIMEOUT:?}"
+                )))
+            });
+            tracing::debug!(%room, after, upto, elapsed = ?started.elapsed(), ok = result.is_ok(), "replay from the stream");
+            result
+        })
+    }
+}
+
+/// The items of `room` with ids in `(after, upto]`, read from the stream.
+async fn read_range(
+    broker: &Broker,
+    connection: &Connection,
+    room: &Room,
+    after: u64,
+    upto: u64,
+    max_items: usize,
+) -> Result<Vec<Item>, FetchError> {
+    let unavailable = |error: lapin::Error| FetchError::Unavailable(error.to_string());
+    let first = Ids::next_offset(after);
+    let last = Ids::next_offset(upto) - 1;
+    let channel = connection.create_channel().await.map_err(unavailable)?;
+    let mut consumer = consume_from(&channel, &broker.config.stream, Start::Offset(first))
+        .await
+        .map_err(unavailable)?;
+    let tag = consumer.tag();
+    let mut items = Vec::new();
+    let mut message_ids = HashSet::new();
+    let mut checked_start = false;
+    let mut count = 0;
+    let outcome = loop {
+        let delivery = match consumer.next().await {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(error)) => break Err(unavailable(error)),
+            None => {
+                break Err(FetchError::Unavailable(
+                    "the replay consumer was cancelled".into(),
+                ));
+            }
+        };
+        let Some(offset) = offset_of(&delivery) else {
+            continue;
+        };
+        if offset < first {
+            // The broker starts at the chunk holding `first`.
+            continue;
+        }
+        if !checked_start {
+            checked_start = true;
+            if offset > first {
+                break Err(FetchError::Truncated);
+            }
+        }
+        count += 1;
+        if count % ACK_EVERY == 0 {
+            let _ = delivery.acker.ack(BasicAckOptions { multiple: true }).await;
+        }
+        if offset > last {
+            break Ok(());
+        }
+        if header(&delivery, RECORD_HEADER).is_some()
+            && let Ok(envelope) = Envelope::from_record(&delivery.data)
+            && envelope.rooms.contains(room)
+            // A record appended twice was emitted once, and is replayed once.
+            && envelope.message_id.as_ref().is_none_or(|id| message_ids.insert(id.clone()))
+        {
+            if items.len() >= max_items {
+                break Err(FetchError::TooMany(max_items));
+            }
+            items.push(Item {
+                id: Ids::of_offset(offset),
+                envelope: Arc::new(envelope),
+            });
+        }
+        if offset == last {
+            break Ok(());
+        }
+    };
+    let _ = channel
+        .basic_cancel(tag, BasicCancelOptions::default())
+        .await;
+    let _ = channel.close(200, "replayed".into()).await;
+    outcome.map(|()| items)
+}
