@@ -8,6 +8,8 @@
 //! exponential backoff and jitter. While disconnected the daemon keeps serving sockets, polling
 //! and history; `/readyz` stays ready once it has caught up with the stream.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -44,6 +46,8 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
 /// Stream replays read at the same time; more queue behind them, so a reconnect storm of
 /// dashboards reads the stream a few at a time instead of all at once.
 const CONCURRENT_REPLAYS: usize = 2;
+/// At shutdown, how long the consumer and the reader get to finish what is in hand.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -142,6 +146,9 @@ impl Broker {
                 Err(error) => error,
             };
             let reason = format!("RabbitMQ at {}: {error}", self.config.url.redacted());
+            self.readiness.set_broker_problem(
+                matches!(error, SessionError::Mismatch { .. }).then(|| error.to_string()),
+            );
             self.metrics.broker_reconnects.inc();
             let delay = backoff(failures, self.config.reconnect_max);
             // The same failure again (broker still down, queue still mismatched) is logged once
@@ -187,6 +194,7 @@ impl Broker {
             .await?;
         self.set_session(Some(publisher.clone()), Some(connection.clone()));
         self.readiness.set_broker(BrokerState::Connected);
+        self.readiness.set_broker_problem(None);
         self.metrics.broker_connected.set(1);
         *failures = 0;
         tracing::info!(
@@ -197,19 +205,72 @@ impl Broker {
             "connected to RabbitMQ"
         );
 
-        let stop = shutdown.child_token();
+        let (caught_up, reader_caught_up) = tokio::sync::watch::channel(false);
+        let (drain, drain_marker) = tokio::sync::watch::channel(None);
+        let signals = crate::stream::ReaderSignals {
+            caught_up,
+            drain: drain_marker,
+        };
+        let consumer_stop = CancellationToken::new();
+        let reader = crate::stream::follow(self, &connection, signals);
+        let consumer = crate::consumer::consume(
+            self,
+            &connection,
+            &publisher,
+            &consumer_stop,
+            reader_caught_up,
+        );
+        tokio::pin!(reader, consumer);
+        // Whichever ends first ends the session; the other is dropped with it, and its
+        // unacked deliveries return to the queue.
         let result = tokio::select! {
             error = connection_error(&mut events) => Err(error),
-            result = crate::stream::follow(self, &connection, &stop) => result,
-            result = crate::consumer::consume(self, &connection, &publisher, &stop) => result,
+            result = &mut reader => result.and(Err(SessionError::ConnectionClosed)),
+            result = &mut consumer => result.and(Err(SessionError::ConnectionClosed)),
+            _ = shutdown.cancelled() => {
+                self.drain(&connection, &mut events, &consumer_stop, consumer, reader, &drain).await;
+                Ok(())
+            }
         };
-        // Whichever ended, the other stops here: its deliveries return to the queue unacked.
-        stop.cancel();
         if shutdown.is_cancelled() {
             let _ = connection.close(200, "shutting down".into()).await;
             tracing::info!("stopped consuming from RabbitMQ");
         }
         result
+    }
+
+    /// At shutdown: stop taking deliveries and ack what was appended, then let the reader
+    /// emit what this instance appended, up to a last marker (bounded by [`DRAIN_TIMEOUT`]).
+    async fn drain(
+        &self,
+        connection: &Connection,
+        events: &mut (impl futures_util::Stream<Item = lapin::Event> + Unpin),
+        consumer_stop: &CancellationToken,
+        mut consumer: Pin<&mut impl Future<Output = Result<(), SessionError>>>,
+        mut reader: Pin<&mut impl Future<Output = Result<(), SessionError>>>,
+        drain: &tokio::sync::watch::Sender<Option<String>>,
+    ) {
+        consumer_stop.cancel();
+        let work = async {
+            // The reader keeps emitting while the consumer finishes.
+            tokio::select! {
+                _ = &mut consumer => {}
+                _ = connection_error(events) => return,
+                _ = &mut reader => return,
+            }
+            let Ok(marker) = crate::stream::append_marker(connection, &self.config.stream).await
+            else {
+                return;
+            };
+            let _ = drain.send(Some(marker));
+            tokio::select! {
+                _ = &mut reader => {}
+                _ = connection_error(events) => {}
+            }
+        };
+        if tokio::time::timeout(DRAIN_TIMEOUT, work).await.is_err() {
+            tracing::warn!(timeout = ?DRAIN_TIMEOUT, "the stream reader did not drain in time");
+        }
     }
 
     async fn declare(&self, channel: &Channel) -> Result<(), SessionError> {

@@ -34,6 +34,9 @@ use crate::rooms::metric_category;
 const ACK_DELAY: Duration = Duration::from_millis(5);
 /// Header with the time a record was appended (ms since the epoch), for the reader's lag.
 pub const APPENDED_AT_HEADER: &str = "x-notify-bridge-appended-ms";
+/// Fingerprint of the queue message a record was appended from (only for messages without
+/// `messageId`), so that a reader can tell an append whose confirm never came did land.
+pub const SOURCE_HEADER: &str = "x-notify-bridge-source";
 /// W3C trace context, carried from the producer's message to the stream record.
 const TRACEPARENT_HEADER: &str = "traceparent";
 
@@ -43,6 +46,11 @@ pub struct AppendState {
     appended: Window<Arc<str>>,
     /// Fingerprints of messages without `messageId` appended but not yet acked.
     unsettled: Unsettled,
+    /// Appends of the current session waiting for their confirm, in order (`None`: a message
+    /// with `messageId`, which the reader's dedupe covers).
+    publishing: VecDeque<Option<u64>>,
+    /// Appends whose session ended before their confirm: they may or may not be in the stream.
+    in_doubt: Unsettled,
 }
 
 impl AppendState {
@@ -50,6 +58,22 @@ impl AppendState {
         Self {
             appended: Window::new(dedupe_window),
             unsettled: Unsettled::new(usize::from(prefetch).max(64) * 4),
+            publishing: VecDeque::new(),
+            in_doubt: Unsettled::new(usize::from(prefetch).max(64) * 4),
+        }
+    }
+
+    /// A new session: what the last one was still publishing is in doubt.
+    fn new_session(&mut self) {
+        for print in self.publishing.drain(..).flatten() {
+            self.in_doubt.handled(print);
+        }
+    }
+
+    /// The reader found the record of an in-doubt append: it is appended, not yet acked.
+    pub fn landed(&mut self, print: u64) {
+        if self.in_doubt.take_redelivery(print) {
+            self.unsettled.handled(print);
         }
     }
 }
@@ -63,6 +87,8 @@ struct Handled {
     message_id: Option<Arc<str>>,
     /// A fingerprint that is unsettled until the ack goes out.
     fingerprint: Option<u64>,
+    /// Appended to the stream (not a dropped duplicate).
+    appended: bool,
 }
 
 pub(crate) async fn consume(
@@ -70,7 +96,23 @@ pub(crate) async fn consume(
     connection: &Connection,
     publisher: &Channel,
     stop: &CancellationToken,
+    mut reader_caught_up: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
+    broker
+        .append_state()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .new_session();
+    // Redeliveries of the last session's appends are judged against what the stream holds, so
+    // nothing is consumed before the reader has read everything appended before this session.
+    tokio::select! {
+        _ = stop.cancelled() => return Ok(()),
+        caught_up = reader_caught_up.wait_for(|caught_up| *caught_up) => {
+            if caught_up.is_err() {
+                return Ok(());
+            }
+        }
+    }
     let channel = connection.create_channel().await?;
     // Prefetch bounds what the broker pushes ahead of our acks: enough to keep the pipeline
     // busy, never unbounded memory.
@@ -182,6 +224,7 @@ async fn handle(
             acker: delivery.acker,
             message_id: None,
             fingerprint: None,
+            appended: false,
         };
         return Ok(Some(Box::pin(std::future::ready(Ok(handled)))));
     }
@@ -194,6 +237,9 @@ async fn handle(
             (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64,
         ),
     );
+    if let Some(print) = print {
+        headers.insert(SOURCE_HEADER.into(), AMQPValue::LongLongInt(print as i64));
+    }
     if let Some(traceparent) = properties
         .headers()
         .as_ref()
@@ -216,10 +262,16 @@ async fn handle(
             record_properties,
         )
         .await?;
+    state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .publishing
+        .push_back(print);
     let handled = Handled {
         acker: delivery.acker,
         message_id,
         fingerprint: print,
+        appended: true,
     };
     let stream = broker.config.stream.clone();
     Ok(Some(Box::pin(async move {
@@ -331,6 +383,9 @@ impl PendingAcks {
     fn add(&mut self, handled: Handled, state: &std::sync::Mutex<AppendState>) -> bool {
         {
             let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+            if handled.appended {
+                state.publishing.pop_front();
+            }
             if let Some(id) = handled.message_id {
                 state.appended.check_and_insert(id);
             }

@@ -38,6 +38,9 @@ struct State {
     shutting_down: bool,
     /// Supervised tasks that are down, with why.
     failed: BTreeMap<&'static str, String>,
+    /// A broker problem only the operator can fix (a queue declared with other arguments),
+    /// in words fit for the public answer: names and the fix, never addresses or credentials.
+    broker_problem: Option<String>,
 }
 
 #[derive(Clone)]
@@ -63,6 +66,7 @@ impl Readiness {
                 caught_up,
                 shutting_down: false,
                 failed: BTreeMap::new(),
+                broker_problem: None,
             })),
         }
     }
@@ -74,6 +78,10 @@ impl Readiness {
 
     pub fn set_broker(&self, broker: BrokerState) {
         self.lock().broker = broker;
+    }
+
+    pub fn set_broker_problem(&self, problem: Option<String>) {
+        self.lock().broker_problem = problem;
     }
 
     /// The stream reader has read every record appended before it began.
@@ -109,9 +117,12 @@ impl Readiness {
             return Err(format!("the {task} task is down ({why}); restarting it"));
         }
         if !state.caught_up {
-            return Err(match state.broker {
-                BrokerState::Connected => "catching up with the notification stream".into(),
-                _ => "connecting to RabbitMQ".into(),
+            return Err(match (&state.broker_problem, state.broker) {
+                (Some(problem), _) => format!("connecting to RabbitMQ: {problem}"),
+                (None, BrokerState::Connected) => "catching up with the notification stream".into(),
+                (None, _) => {
+                    "connecting to RabbitMQ (the log says why it is not connected yet)".into()
+                }
             });
         }
         Ok(state.broker)
@@ -125,7 +136,7 @@ mod tests {
     #[test]
     fn a_broker_outage_after_catching_up_keeps_the_instance_ready() {
         let r = Readiness::with_broker();
-        assert_eq!(r.check().unwrap_err(), "connecting to RabbitMQ");
+        assert!(r.check().unwrap_err().starts_with("connecting to RabbitMQ"));
         r.set_broker(BrokerState::Connected);
         assert_eq!(
             r.check().unwrap_err(),

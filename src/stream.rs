@@ -26,12 +26,11 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 use rand::Rng;
-use tokio_util::sync::CancellationToken;
 
 use crate::amqp::{Broker, PUBLISH_CONFIRM_TIMEOUT, SessionError};
-use crate::consumer::APPENDED_AT_HEADER;
+use crate::consumer::{APPENDED_AT_HEADER, SOURCE_HEADER};
 use crate::envelope::{Envelope, RECORD_HEADER};
-use crate::fanout::{DeepHistory, FetchError, FetchFuture};
+use crate::fanout::{DeepHistory, FetchError, FetchFuture, Outcome};
 use crate::history::Item;
 use crate::ledger::Ids;
 use crate::rooms::Room;
@@ -99,11 +98,21 @@ fn header<'a>(delivery: &'a AmqpDelivery, name: &str) -> Option<&'a AMQPValue> {
     delivery.properties.headers().as_ref()?.inner().get(name)
 }
 
-/// Reads the stream until `stop` or a failure; see the module doc.
+/// How the reader tells the rest of the session where it is.
+pub(crate) struct ReaderSignals {
+    /// Set once the reader has read this session's marker: everything appended before the
+    /// session began (a previous session's in-flight appends included) has been read.
+    pub caught_up: tokio::sync::watch::Sender<bool>,
+    /// At shutdown, the id of a last marker: the reader stops once it has read it, so what the
+    /// consumer appended before it stopped is emitted to this instance's sockets first.
+    pub drain: tokio::sync::watch::Receiver<Option<String>>,
+}
+
+/// Reads the stream until it reads the drain marker, or a failure; see the module doc.
 pub(crate) async fn follow(
     broker: &Broker,
     connection: &Connection,
-    stop: &CancellationToken,
+    mut signals: ReaderSignals,
 ) -> Result<(), SessionError> {
     let stream = broker.config.stream.as_str();
     let channel = connection.create_channel().await?;
@@ -116,12 +125,9 @@ pub(crate) async fn follow(
         Start::Offset(Ids::next_offset(head))
     };
     let mut consumer = consume_from(&channel, stream, start).await?;
-    let marker = if broker.readiness.is_caught_up() {
-        None
-    } else {
-        Some(append_marker(connection, stream).await?)
-    };
-    tracing::info!(%stream, resume_after = head, "reading the notification stream");
+    // Every session appends one: reading it back means everything appended before is read.
+    let marker = append_marker(connection, stream).await?;
+    tracing::debug!(%stream, resume_after = head, "reading the notification stream");
 
     let mut unacked = None;
     let mut count = 0usize;
@@ -129,14 +135,6 @@ pub(crate) async fn follow(
     let mut since_last = false;
     loop {
         tokio::select! {
-            biased;
-            _ = stop.cancelled() => {
-                if let Some(delivery) = unacked.take() {
-                    let _ = ack_through(delivery).await;
-                }
-                let _ = channel.close(200, "stopping".into()).await;
-                return Ok(());
-            }
             next = consumer.next() => {
                 let delivery = match next {
                     Some(Ok(delivery)) => delivery,
@@ -144,7 +142,18 @@ pub(crate) async fn follow(
                     None => return Err(SessionError::ConsumerCancelled(stream.to_owned())),
                 };
                 since_last = true;
-                read_one(broker, &delivery, marker.as_deref())?;
+                let drain = signals.drain.borrow().clone();
+                match read_one(broker, &delivery, &marker, drain.as_deref()) {
+                    Read::Record => {}
+                    Read::OurMarker => {
+                        let _ = signals.caught_up.send(true);
+                    }
+                    Read::Drained => {
+                        let _ = ack_through(delivery).await;
+                        let _ = channel.close(200, "drained".into()).await;
+                        return Ok(());
+                    }
+                }
                 unacked = Some(delivery);
                 count += 1;
                 if count >= ACK_EVERY && let Some(delivery) = unacked.take() {
@@ -152,6 +161,8 @@ pub(crate) async fn follow(
                     ack_through(delivery).await?;
                 }
             }
+            // Wakes the loop when the drain marker is set; the marker itself is matched above.
+            Ok(()) = signals.drain.changed() => {}
             _ = idle.tick() => {
                 if let Some(delivery) = unacked.take() {
                     count = 0;
@@ -174,23 +185,28 @@ async fn ack_through(delivery: AmqpDelivery) -> Result<(), lapin::Error> {
         .map(|_| ())
 }
 
+/// What one stream delivery was.
+enum Read {
+    Record,
+    /// This session's marker: caught up.
+    OurMarker,
+    /// The drain marker: stop.
+    Drained,
+}
+
 /// Hands one stream delivery to the fan-out.
-fn read_one(
-    broker: &Broker,
-    delivery: &AmqpDelivery,
-    marker: Option<&str>,
-) -> Result<(), SessionError> {
+fn read_one(broker: &Broker, delivery: &AmqpDelivery, marker: &str, drain: Option<&str>) -> Read {
     let stream = broker.config.stream.as_str();
     let Some(offset) = offset_of(delivery) else {
         tracing::warn!(%stream, "a stream delivery without x-stream-offset: skipped");
-        return Ok(());
+        return Read::Record;
     };
     let fanout = &broker.fanout;
     let head = fanout.head();
     let expected = Ids::next_offset(head);
     if head > 0 && offset < expected {
         // A reconnect may re-read the start of a chunk: already read.
-        return Ok(());
+        return Read::Record;
     }
     if head > 0 && offset > expected {
         // Retention removed records this instance had not read yet (it was away longer than
@@ -200,25 +216,38 @@ fn read_one(
     }
     if let Some(AMQPValue::LongString(id)) = header(delivery, MARKER_HEADER) {
         fanout.skip(offset);
-        if marker.is_some_and(|ours| id.as_bytes() == ours.as_bytes())
-            && !broker.readiness.is_caught_up()
-        {
+        if drain.is_some_and(|d| id.as_bytes() == d.as_bytes()) {
+            return Read::Drained;
+        }
+        if id.as_bytes() != marker.as_bytes() {
+            return Read::Record;
+        }
+        if !broker.readiness.is_caught_up() {
             broker.readiness.set_caught_up();
             tracing::info!(%stream, offset, "caught up with the notification stream: ready");
         }
-        return Ok(());
+        return Read::OurMarker;
     }
     if header(delivery, RECORD_HEADER).is_none() {
         // Another writer's message: not ours to emit.
         fanout.skip(offset);
-        return Ok(());
+        return Read::Record;
+    }
+    if let Some(AMQPValue::LongLongInt(source)) = header(delivery, SOURCE_HEADER) {
+        // An append whose confirm never came (its session ended) did land: its redelivery
+        // must not be appended again.
+        broker
+            .append_state()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .landed(*source as u64);
     }
     match Envelope::from_record(&delivery.data) {
         Ok(envelope) => {
             let envelope = Arc::new(envelope);
             let live = broker.readiness.is_caught_up();
-            fanout.publish(Some(offset), envelope.clone());
-            if live {
+            let outcome = fanout.publish(Some(offset), envelope.clone());
+            if live && matches!(outcome, Outcome::Delivered { .. }) {
                 fanout.observe_lag(&envelope);
                 if let Some(AMQPValue::LongLongInt(appended_ms)) =
                     header(delivery, APPENDED_AT_HEADER)
@@ -237,11 +266,14 @@ fn read_one(
             fanout.skip(offset);
         }
     }
-    Ok(())
+    Read::Record
 }
 
 /// Appends a marker with a fresh id and waits for its confirm; returns the id.
-async fn append_marker(connection: &Connection, stream: &str) -> Result<String, SessionError> {
+pub(crate) async fn append_marker(
+    connection: &Connection,
+    stream: &str,
+) -> Result<String, SessionError> {
     let id = format!("{:032x}", rand::rng().random::<u128>());
     let channel = connection.create_channel().await?;
     channel

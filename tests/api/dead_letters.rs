@@ -77,6 +77,7 @@ async fn the_queue_is_declared_with_its_dead_letter_exchange() {
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(format!("{}.dlx", app.queue).into()),
     );
+    args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
     let durable = lapin::options::QueueDeclareOptions {
         durable: true,
         ..Default::default()
@@ -85,5 +86,20 @@ async fn the_queue_is_declared_with_its_dead_letter_exchange() {
         .queue_declare(app.queue.as_str().into(), durable, args)
         .await
         .expect("same arguments");
+    // And the stream every instance reads (contract v2 section 2).
+    let mut stream = FieldTable::default();
+    stream.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    stream.insert("x-max-age".into(), AMQPValue::LongString("24h".into()));
+    app.channel()
+        .queue_declare(
+            format!("{}.log", app.queue).as_str().into(),
+            durable,
+            stream,
+        )
+        .await
+        .expect("the stream is declared with the contract's arguments");
     app.stop().await;
 }

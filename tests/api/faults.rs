@@ -24,18 +24,20 @@ fn through(proxy: &Proxy) -> Settings {
 }
 
 #[tokio::test]
-async fn readiness_follows_the_broker_and_what_was_published_during_a_cut_arrives_after() {
+async fn a_broker_outage_keeps_the_instance_ready_and_what_was_published_during_it_arrives_after() {
     let proxy = Proxy::start("127.0.0.1:5672").await;
     let app = TestApp::spawn(through(&proxy)).await;
     let mut cms = app.joined(&app.cms_token(), &["cms:dashboard"]).await;
+    app.wait_broker("connected").await;
 
     proxy.cut();
-    app.wait_readyz(503).await;
+    // Still ready: taking every pod out of its Service would take the fallback down too.
+    app.wait_broker("reconnecting").await;
     let body: Value = app.get("/readyz", None).await.json().await.unwrap();
-    assert_eq!(body["error"], "not_ready");
-    assert!(
-        body["message"].as_str().unwrap().contains("RabbitMQ"),
-        "{body}"
+    assert_eq!(body["status"], "ready", "{body}");
+    assert_eq!(
+        metric(&app.metrics().await, "notify_bridge_broker_connected"),
+        0.0
     );
 
     // Published straight to the broker while the daemon cannot reach it.
@@ -60,7 +62,7 @@ async fn readiness_follows_the_broker_and_what_was_published_during_a_cut_arrive
     );
 
     proxy.restore();
-    app.wait_readyz(200).await;
+    app.wait_broker("connected").await;
     assert_eq!(cms.next().await["type"], "during-cut");
     let metrics = app.metrics().await;
     assert_eq!(metric(&metrics, "notify_bridge_broker_connected"), 1.0);
@@ -72,7 +74,8 @@ async fn readiness_follows_the_broker_and_what_was_published_during_a_cut_arrive
 }
 
 #[tokio::test]
-async fn hundreds_of_messages_across_repeated_cuts_arrive_exactly_once() {
+async fn hundreds_of_messages_across_repeated_cuts_are_all_emitted_and_those_with_a_message_id_once()
+ {
     const BATCHES: usize = 4;
     const PER_BATCH: usize = 100;
     let proxy = Proxy::start("127.0.0.1:5672").await;
@@ -83,7 +86,8 @@ async fn hundreds_of_messages_across_repeated_cuts_arrive_exactly_once() {
     for batch in 0..BATCHES {
         for i in 0..PER_BATCH {
             let n = (batch * PER_BATCH + i) as u64;
-            // Half carry a messageId, half do not (those rely on redelivery detection).
+            // Half carry a messageId, half do not (those rely on redelivery detection, which
+            // cannot tell a lost ack from a new twin: contract v2 allows them twice).
             let body = if n.is_multiple_of(2) {
                 json!({ "type": "load", "data": { "n": n }, "messageId": message_id() })
             } else {
@@ -97,9 +101,9 @@ async fn hundreds_of_messages_across_repeated_cuts_arrive_exactly_once() {
             *seen.entry(n["data"]["n"].as_u64().unwrap()).or_default() += 1;
         }
         proxy.cut();
-        app.wait_readyz(503).await;
+        app.wait_broker("reconnecting").await;
         proxy.restore();
-        app.wait_readyz(200).await;
+        app.wait_broker("connected").await;
     }
     app.publish_json("notification.customer", json!({ "type": "marker" }))
         .await;
@@ -110,7 +114,17 @@ async fn hundreds_of_messages_across_repeated_cuts_arrive_exactly_once() {
     let missing: Vec<u64> = (0..total).filter(|n| !seen.contains_key(n)).collect();
     let doubled: Vec<(&u64, &usize)> = seen.iter().filter(|(_, c)| **c > 1).collect();
     assert!(missing.is_empty(), "lost: {missing:?}");
-    assert!(doubled.is_empty(), "emitted twice: {doubled:?}");
+    let with_id: Vec<_> = doubled
+        .iter()
+        .filter(|(n, _)| n.is_multiple_of(2))
+        .collect();
+    assert!(
+        with_id.is_empty(),
+        "emitted twice despite a messageId: {with_id:?}"
+    );
+    // Only an ack lost in the cut brings one back, so at most the ack batches in flight
+    // (prefetch 20: batches of 5, two per cut at most).
+    assert!(doubled.len() <= BATCHES * 10, "emitted twice: {doubled:?}");
     assert_eq!(app.queue_depth(&app.queue).await, 0);
     app.stop().await;
 }
@@ -171,6 +185,90 @@ async fn a_queue_declared_with_other_arguments_gives_one_clear_error() {
     // Sockets still work while the operator fixes it.
     let socket = app.socket(&app.cms_token()).await;
     assert_eq!(socket.join("cms:dashboard").await["ok"], true);
+    app.stop().await;
+}
+
+/// Messages of `queue` delivered and not yet acked, as the broker counts them.
+fn unacked(queue: &str) -> Option<u32> {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "messages_unacknowledged",
+        ])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            (fields.next()? == queue).then(|| fields.next()?.parse().ok())?
+        })
+}
+
+#[tokio::test]
+async fn a_redelivered_twin_of_an_acked_notification_is_not_dropped() {
+    // "Station ST-1 offline" twice, no messageId. The first is emitted and acked. The second
+    // is delivered but never handled before a connection loss, so it comes back flagged
+    // redelivered. A fingerprint of "recently seen bodies" would drop it as a duplicate; only a
+    // redelivery of something appended and not yet acked may be dropped.
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let app = TestApp::spawn(through(&proxy)).await;
+    let mut cms = app.joined(&app.cms_token(), &["cms:stations"]).await;
+    let offline = json!({ "type": "station.offline", "data": { "stationId": "ST-1" } });
+    app.publish_json("notification.station", offline.clone())
+        .await;
+    assert_eq!(cms.next().await["type"], "station.offline");
+    // Its ack has reached the broker (acks are batched for a few milliseconds).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while unacked(&app.queue) != Some(0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first was never acked"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    proxy.cut();
+    app.wait_broker("reconnecting").await;
+    // While the daemon is away, a consumer of ours takes the twin and dies before acking it:
+    // the broker requeues it as redelivered.
+    let (connection, channel) = open_publisher().await;
+    channel.basic_qos(1, Default::default()).await.unwrap();
+    let mut taker = channel
+        .basic_consume(
+            app.queue.as_str().into(),
+            "test-taker".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    app.publish_json("notification.station", offline).await;
+    let taken = tokio::time::timeout(WAIT, taker.next())
+        .await
+        .expect("the twin reaches our consumer")
+        .unwrap()
+        .unwrap();
+    assert!(!taken.redelivered);
+    let _ = channel.close(200, "dies before acking".into()).await;
+    let _ = connection.close(200, "gone".into()).await;
+
+    proxy.restore();
+    app.wait_broker("connected").await;
+    app.publish_json("notification.station", json!({ "type": "marker" }))
+        .await;
+    let before_marker = cms.until_type("marker").await;
+    assert_eq!(
+        before_marker
+            .iter()
+            .filter(|n| n["type"] == "station.offline")
+            .count(),
+        1,
+        "the second offline arrives once: {before_marker:?}"
+    );
     app.stop().await;
 }
 

@@ -162,6 +162,12 @@ impl TestApp {
         self.wait_readyz(200).await;
     }
 
+    /// Waits (bounded) until `/readyz` answers 200 with `broker` equal to `state`: an instance
+    /// stays ready through a broker outage (contract v2 section 6).
+    pub async fn wait_broker(&self, state: &str) {
+        self.wait_readyz_until(200, |b| b["broker"] == state).await;
+    }
+
     pub async fn wait_readyz(&self, status: u16) {
         self.wait_readyz_until(status, |_| true).await;
     }
