@@ -245,14 +245,23 @@ impl Fanout {
         };
         let mut fetched: Vec<Item> = Vec::new();
         let mut resume: Option<u64> = None;
+        // Keeps the window from moving past what a fetch reads while it reads.
+        let mut pin = ReplayPin {
+            fanout: self,
+            room,
+            id: None,
+        };
         for _ in 0..JOIN_ATTEMPTS {
             let (from, upto) = {
-                let ledger = self.lock();
+                let mut ledger = self.lock();
                 let cursor = match resume {
                     Some(id) => Cursor::At(id),
                     None => ledger.parse_cursor(Some(after)),
                 };
-                match ledger.plan(room, cursor, usize::MAX) {
+                let plan = ledger.plan(room, cursor, usize::MAX);
+                // Released once what it kept is planned: the window may shrink again.
+                pin.release(&mut ledger);
+                match plan {
                     Plan::Held(items) => {
                         let source = if fetched.is_empty() {
                             "memory"
@@ -267,7 +276,11 @@ impl Fanout {
                         self.replay_locked(socket, room, &items, true, "memory");
                         return true;
                     }
-                    Plan::Fetch { after, upto, .. } => (after, upto),
+                    Plan::Fetch { after, upto, .. } => {
+                        ledger.pin(room, upto);
+                        pin.id = Some(upto);
+                        (after, upto)
+                    }
                 }
             };
             let budget = self.join_replay_max.saturating_sub(fetched.len());
@@ -282,7 +295,8 @@ impl Fanout {
                 }
             }
         }
-        let ledger = self.lock();
+        let mut ledger = self.lock();
+        pin.release(&mut ledger);
         let retained = ledger.retained(room, usize::MAX);
         self.replay_locked(socket, room, &retained, true, "memory");
         true
@@ -427,6 +441,30 @@ impl Fanout {
             tracing::warn!(sid = %socket.id, "socket is not reading (send buffer full): removed from its rooms and closed; its client reconnects and replays");
             // Engine.IO is closing it already; until it is gone it gets nothing more.
             socket.leave_all();
+        }
+    }
+}
+
+/// A join's pin on its room's window, released under the ledger lock, or on drop when the
+/// join is abandoned (its socket went away mid-fetch).
+struct ReplayPin<'a> {
+    fanout: &'a Fanout,
+    room: &'a Room,
+    id: Option<u64>,
+}
+
+impl ReplayPin<'_> {
+    fn release(&mut self, ledger: &mut Ledger) {
+        if let Some(id) = self.id.take() {
+            ledger.unpin(self.room, id);
+        }
+    }
+}
+
+impl Drop for ReplayPin<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.fanout.lock().unpin(self.room, id);
         }
     }
 }

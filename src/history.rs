@@ -93,6 +93,9 @@ pub trait HistoryStore: Send {
     fn retained(&self, room: &Room, limit: usize) -> Vec<Item>;
     /// Declares every id up to `id` not held (an instance that starts reading mid-stream).
     fn forget_through(&mut self, id: u64);
+    /// Keeps everything of `room` after `id` past the per-room cap until [`Self::unpin`].
+    fn pin(&mut self, room: &Room, id: u64);
+    fn unpin(&mut self, room: &Room, id: u64);
     /// Drops rooms that nothing was written to for `HISTORY_ROOM_IDLE_SECS`.
     fn evict_idle(&mut self, now: Instant) -> usize;
     fn size(&self) -> StoreSize;
@@ -124,6 +127,8 @@ pub struct MemoryStore {
     tombstone_order: BTreeSet<(u64, Room)>,
     /// Ids up to here may be missing from any room without a window or a tombstone.
     floor: u64,
+    /// Replays in progress: per room, the ids after which they need everything kept.
+    pins: HashMap<Room, Vec<u64>>,
 }
 
 impl MemoryStore {
@@ -138,6 +143,7 @@ impl MemoryStore {
             tombstones: HashMap::new(),
             tombstone_order: BTreeSet::new(),
             floor: 0,
+            pins: HashMap::new(),
         }
     }
 
@@ -259,13 +265,24 @@ impl HistoryStore for MemoryStore {
         });
         let per_room = self.config.per_room;
         for room in held.item.envelope.rooms.iter() {
+            let pinned_after = self
+                .pins
+                .get(room)
+                .and_then(|pins| pins.iter().min().copied());
             let previous = {
                 let window = self.window_for(room, now);
                 let previous = window.last_id;
                 window.last_id = id;
                 window.last_write = now;
                 window.items.push_back(held.clone());
+                // A replay in progress needs what follows its pin: the window grows past its
+                // cap for it, within the byte and total caps.
+                let needed = |first: u64| pinned_after.is_some_and(|pin| first > pin);
                 if window.items.len() > per_room
+                    && !window
+                        .items
+                        .front()
+                        .is_some_and(|first| needed(first.item.id))
                     && let Some(evicted) = window.items.pop_front()
                 {
                     window.evicted_upto = window.evicted_upto.max(evicted.item.id);
@@ -324,6 +341,39 @@ impl HistoryStore for MemoryStore {
         for window in self.rooms.values_mut() {
             if window.items.front().is_none_or(|first| first.item.id > id) {
                 window.evicted_upto = window.evicted_upto.max(id);
+            }
+        }
+    }
+
+    fn pin(&mut self, room: &Room, id: u64) {
+        self.pins.entry(room.clone()).or_default().push(id);
+    }
+
+    fn unpin(&mut self, room: &Room, id: u64) {
+        if let Some(pins) = self.pins.get_mut(room) {
+            if let Some(at) = pins.iter().position(|p| *p == id) {
+                pins.swap_remove(at);
+            }
+            if pins.is_empty() {
+                self.pins.remove(room);
+            }
+        }
+        // What the replay kept beyond the cap goes now.
+        let per_room = self.config.per_room;
+        let still_pinned = self
+            .pins
+            .get(room)
+            .and_then(|pins| pins.iter().min().copied());
+        if let Some(window) = self.rooms.get_mut(room) {
+            while window.items.len() > per_room {
+                if still_pinned.is_some_and(|pin| window.items[0].item.id > pin) {
+                    break;
+                }
+                let Some(evicted) = window.items.pop_front() else {
+                    break;
+                };
+                window.evicted_upto = window.evicted_upto.max(evicted.item.id);
+                self.entries -= 1;
             }
         }
     }

@@ -283,6 +283,15 @@ impl Ledger {
         self.ids.shared && upto - after <= self.replay_max
     }
 
+    /// While a replay reads the stream up to `id`, keep what follows it for `room`.
+    pub fn pin(&mut self, room: &Room, id: u64) {
+        self.store.pin(room, id);
+    }
+
+    pub fn unpin(&mut self, room: &Room, id: u64) {
+        self.store.unpin(room, id);
+    }
+
     /// The retained history of `room`, for a reset after a failed fetch.
     pub fn retained(&self, room: &Room, limit: usize) -> Vec<Item> {
         self.store.retained(room, limit)
@@ -536,6 +545,30 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_pinned_window_keeps_what_follows_a_replay_in_progress() {
+        let mut ledger = Ledger::streamed(history(3), 100, 1000);
+        for offset in 0..5 {
+            accept(&mut ledger, Some(offset), to(1));
+        }
+        let r = room("customer:1");
+        // A join reading the stream up to id 2 pins there; live traffic keeps coming.
+        ledger.pin(&r, 2);
+        for offset in 5..20 {
+            accept(&mut ledger, Some(offset), to(1));
+        }
+        assert_eq!(
+            held(ledger.plan(&r, Cursor::At(2), 100)),
+            (3..=20).collect::<Vec<_>>()
+        );
+        ledger.unpin(&r, 2);
+        assert_eq!(held(ledger.plan(&r, Cursor::Start, 100)), [18, 19, 20]);
+        assert!(matches!(
+            ledger.plan(&r, Cursor::At(2), 100),
+            Plan::Fetch { .. }
+        ));
     }
 
     #[test]

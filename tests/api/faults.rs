@@ -330,15 +330,15 @@ async fn a_stalled_client_holds_up_no_one_and_is_closed_at_once() {
 
 /// The real binary on a free port. Its stderr is always drained (a full pipe would block the
 /// daemon's logging) and forwarded line by line to `log`.
-struct Daemon {
-    child: tokio::process::Child,
-    base: String,
-    port: u16,
+pub(crate) struct Daemon {
+    pub child: tokio::process::Child,
+    pub base: String,
+    pub port: u16,
     log: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
 impl Daemon {
-    fn start(vars: &[(&str, &str)]) -> Daemon {
+    pub(crate) fn start(vars: &[(&str, &str)]) -> Daemon {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -377,7 +377,7 @@ impl Daemon {
         }
     }
 
-    async fn wait_ready(&self) {
+    pub(crate) async fn wait_ready(&self) {
         let client = reqwest::Client::new();
         let deadline = tokio::time::Instant::now() + WAIT * 2;
         while tokio::time::Instant::now() < deadline {
@@ -391,7 +391,7 @@ impl Daemon {
         panic!("the daemon never became ready");
     }
 
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let pid = self.child.id().unwrap().to_string();
         let status = std::process::Command::new("kill")
             .args([signal, &pid])

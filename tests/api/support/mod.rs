@@ -61,6 +61,45 @@ pub struct TestApp {
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     publisher: Option<(Connection, Channel)>,
     client: reqwest::Client,
+    /// Leave the exchange, queues and stream in place on drop (another instance uses them).
+    keep_topology: bool,
+}
+
+/// A confirmed publisher to one exchange.
+pub struct Publisher {
+    _connection: Connection,
+    channel: Channel,
+    exchange: String,
+}
+
+impl Publisher {
+    pub async fn publish_json(&self, routing_key: &str, body: Value) {
+        let confirm = self
+            .channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body.to_string().as_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .expect("publish");
+        assert!(confirm.await.expect("confirm").is_ack());
+    }
+}
+
+/// A token signed with the tests' secret (an hour's `exp` unless given).
+pub fn token(mut claims: Value) -> String {
+    if claims.get("exp").is_none() {
+        claims["exp"] = json!(now() + 3600);
+    }
+    jsonwebtoken::encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
 }
 
 #[derive(Default)]
@@ -150,6 +189,7 @@ impl TestApp {
             handle: Some(handle),
             publisher,
             client: reqwest::Client::new(),
+            keep_topology: settings.exchange.is_some() && settings.queue.is_some(),
         };
         if !settings.no_wait {
             app.wait_ready().await;
@@ -214,16 +254,7 @@ impl TestApp {
     }
 
     pub fn token(&self, claims: Value) -> String {
-        let mut claims = claims;
-        if claims.get("exp").is_none() {
-            claims["exp"] = json!(now() + 3600);
-        }
-        jsonwebtoken::encode(
-            &Header::default(),
-            &claims,
-            &EncodingKey::from_secret(SECRET.as_bytes()),
-        )
-        .unwrap()
+        token(claims)
     }
     pub fn customer_token(&self, id: &str) -> String {
         self.token(json!({ "sub": id, "role": "customer" }))
@@ -348,6 +379,22 @@ impl TestApp {
         request.send().await.expect("POST")
     }
 
+    /// A publisher to `exchange`, for tests that publish while no daemon runs.
+    pub async fn publisher_for(exchange: &str) -> Publisher {
+        let (connection, channel) = open_publisher().await;
+        Publisher {
+            _connection: connection,
+            channel,
+            exchange: exchange.to_owned(),
+        }
+    }
+
+    /// Like [`Self::stop`]; the topology stays for the next instance (a [`Topology`] owns it).
+    pub async fn stop_keeping_topology(mut self) {
+        self.keep_topology = true;
+        self.stop().await;
+    }
+
     /// Stops the daemon gracefully and asserts it stopped cleanly.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
@@ -362,7 +409,7 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
-        if self.rabbit {
+        if self.rabbit && !self.keep_topology {
             drop(Topology {
                 exchange: self.exchange.clone(),
                 queue: self.queue.clone(),
