@@ -144,15 +144,15 @@ pub(crate) async fn consume(
                 // What was appended is acked; closing returns every other delivery to the queue.
                 while let Some(handled) = in_flight.next().await {
                     let Ok(handled) = handled else { break };
-                    acks.add(handled, &state);
+                    acks.add(handled, state);
                 }
-                let _ = acks.flush(&state).await;
+                let _ = acks.flush(state).await;
                 let _ = channel.close(200, "shutting down".into()).await;
                 return Ok(());
             }
             Some(handled) = in_flight.next(), if !in_flight.is_empty() => {
-                if acks.add(handled?, &state) {
-                    acks.flush(&state).await?;
+                if acks.add(handled?, state) {
+                    acks.flush(state).await?;
                 }
             }
             next = consumer.next() => match next {
@@ -162,7 +162,7 @@ pub(crate) async fn consume(
                         broker.metrics.stream_active_consumer.set(1);
                         tracing::info!(queue = %broker.config.queue, "this instance is the queue's active consumer");
                     }
-                    if let Some(pending) = handle(broker, delivery, publisher, &appender, &state).await? {
+                    if let Some(pending) = handle(broker, delivery, publisher, &appender, state).await? {
                         in_flight.push_back(pending);
                     }
                 }
@@ -172,7 +172,7 @@ pub(crate) async fn consume(
             // Polled only when nothing else is ready: ack what was appended, once the oldest
             // pending ack has waited ACK_DELAY.
             _ = tokio::time::sleep_until(acks.due()), if acks.pending() => {
-                acks.flush(&state).await?;
+                acks.flush(state).await?;
             }
         }
     }
