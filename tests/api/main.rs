@@ -10,5 +10,6 @@ mod http_basics;
 mod node_compat;
 mod operations;
 mod polling;
+mod publishing;
 mod sockets;
 mod startup;
