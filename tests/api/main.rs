@@ -9,6 +9,7 @@ mod faults;
 mod http_basics;
 mod node_compat;
 mod operations;
+mod payload_schema;
 mod polling;
 mod publishing;
 mod sockets;
