@@ -58,6 +58,7 @@ pub async fn publish(config: &Config, request: PublishRequest<'_>) -> anyhow::Re
         Some(id) => id.to_owned(),
         None => uuid_v4(),
     };
+    // A clock before 1970 only loses the property; the daemon then uses the time of receipt.
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
