@@ -260,6 +260,38 @@ describe("publisher against RabbitMQ and notify-bridge", () => {
     }
   });
 
+  test("a broker away at start: createPublisher returns at once and connects when it comes", async () => {
+    const proxy = await startProxy();
+    proxy.cut();
+    const customer = unique("c");
+    const socket = await joinedSocket(daemon.base, `customer:${customer}`);
+    const publisher = createPublisher({
+      url: proxy.url,
+      exchange: daemon.exchange,
+      connectWaitMs: 200,
+      reconnect: { initialDelayMs: 50, maxDelayMs: 200 },
+    });
+    try {
+      assert.equal(publisher.health().status, "connecting");
+      const away = await publisher.publish("session", { type: "early", recipients: [customer] }).catch((e) => e);
+      assert.equal(away.code, "unavailable");
+      const connected = once(publisher, "connect");
+      proxy.restore();
+      await within(WAIT_MS, connected, "the first connection once the broker is there");
+      await publisher.publish("session", { type: "later", recipients: [customer] });
+      const received = await socket.until("later");
+      assert.deepEqual(
+        received.map((n) => n.type),
+        ["later"],
+      );
+      assert.equal(publisher.health().reconnects, 0, "a first connection is not a reconnect");
+    } finally {
+      socket.close();
+      await publisher.close();
+      proxy.close();
+    }
+  });
+
   test("a retry with the same messageId is emitted once", async () => {
     const customer = unique("c");
     const socket = await joinedSocket(daemon.base, `customer:${customer}`);
