@@ -14,9 +14,13 @@ demo: vendor
 	cargo run --release -- --demo
 
 ## Every test: unit, integration against the real RabbitMQ, official socket.io-client,
-## headless Chromium, property tests, deploy-file validation.
+## headless Chromium, property tests, deploy-file validation, the AsyncAPI document, and the
+## Node publisher (against the daemon the cargo step built).
 test: vendor services
 	cargo test --locked --workspace --all-targets
+	node docs/validate-asyncapi.mjs
+	node_modules/.bin/tsc --noEmit -p producer
+	node --test --test-concurrency=1 producer/test/publisher.test.mjs
 	bash scripts/validate-deploy.sh
 
 ## The official socket.io-client bundle, served to browsers from public/vendor (no CDN).

@@ -34,6 +34,12 @@ enum Command {
         /// Read the JSON body from this file instead.
         #[arg(long)]
         file: Option<PathBuf>,
+        /// Judge the body as the daemon would and print the verdict; do not publish.
+        #[arg(long)]
+        dry_run: bool,
+        /// The AMQP message_id (a new UUID when not given, printed): retry with the printed one.
+        #[arg(long)]
+        message_id: Option<String>,
     },
     /// Exit 0 if the daemon on HOST:PORT answers /healthz (for container health checks).
     Healthcheck,
@@ -73,9 +79,17 @@ async fn run(cli: Cli, config: Config) -> ExitCode {
             routing_key,
             json,
             file,
+            dry_run,
+            message_id,
         } => {
-            notify_bridge::cli::publish(&config, &routing_key, json.as_deref(), file.as_deref())
-                .await
+            let request = notify_bridge::cli::PublishRequest {
+                routing_key: &routing_key,
+                json: json.as_deref(),
+                file: file.as_deref(),
+                message_id: message_id.as_deref(),
+                dry_run,
+            };
+            notify_bridge::cli::publish(&config, request).await
         }
         Command::Healthcheck => notify_bridge::cli::healthcheck(&config).await,
     };
