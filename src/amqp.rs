@@ -33,6 +33,7 @@ use crate::envelope::{self, CategoryFrom, Rejection, Source};
 use crate::metrics::{DeadLetterLabels, Metrics};
 use crate::readiness::Readiness;
 use crate::rooms::metric_category;
+use crate::telemetry;
 
 /// Header that tells an operator why a message was dead-lettered (contract section 2).
 pub const REASON_HEADER: &str = "x-notify-bridge-reason";
@@ -124,14 +125,14 @@ impl Broker {
             self.readiness.set_not_ready(reason.clone());
             self.metrics.broker_reconnects.inc();
             let delay = backoff(failures, self.config.reconnect_max);
-            // The same failure again (broker still down, queue still mismatched) is logged once
-            // at its level, then only at debug, so a long outage does not flood the log.
-            if reason != last_error {
-                if matches!(error, SessionError::QueueMismatch { .. }) {
-                    tracing::error!("{reason}");
-                } else {
-                    tracing::warn!(retry_in = ?delay, "{reason}");
-                }
+            // One WARN per outage (its first failure; the retries that follow fail for other
+            // reasons, refused or reset, and are logged at debug), so nobody is paged for an
+            // outage the daemon rides out. A queue mismatch needs an operator: ERROR, once.
+            if matches!(error, SessionError::QueueMismatch { .. }) && reason != last_error {
+                tracing::error!("{reason}");
+                last_error = reason;
+            } else if failures == 0 && !matches!(error, SessionError::QueueMismatch { .. }) {
+                tracing::warn!(retry_in = ?delay, "{reason}");
                 last_error = reason;
             } else {
                 tracing::debug!(retry_in = ?delay, "{reason}");
@@ -181,14 +182,16 @@ impl Broker {
             .await?;
         self.readiness.set_ready();
         self.metrics.broker_connected.set(1);
-        *failures = 0;
+        // After an outage this is its one INFO line: recovered.
         tracing::info!(
+            recovered_after_attempts = *failures,
             broker = %self.config.url.redacted(),
             exchange = %self.config.exchange,
             queue = %self.config.queue,
             prefetch = self.config.prefetch,
             "consuming from RabbitMQ"
         );
+        *failures = 0;
 
         let mut acks = PendingAcks::new(ack_batch(self.config.prefetch));
         loop {
@@ -314,6 +317,8 @@ impl Broker {
         publisher: &Channel,
     ) -> Result<Option<Acker>, SessionError> {
         let properties = &delivery.properties;
+        let (traceparent, _) = telemetry::amqp_trace_context(properties.headers().as_ref());
+        let span = telemetry::delivery_span(traceparent.as_deref(), delivery.routing_key.as_str());
         let source = Source {
             category: CategoryFrom::RoutingKey(delivery.routing_key.as_str()),
             message_id: properties.message_id().as_ref().map(|id| id.as_str()),
@@ -328,10 +333,13 @@ impl Broker {
                         redelivered: delivery.redelivered,
                     },
                 };
-                self.delivery.deliver(&envelope, key);
+                let outcome = span.in_scope(|| self.delivery.deliver(&envelope, key));
+                let id = envelope.message_id.as_deref();
+                telemetry::record_delivery(&span, id, &envelope.rooms, outcome);
                 Ok(Some(delivery.acker))
             }
             Err(rejection) => {
+                telemetry::record_dead_letter(&span, rejection.code());
                 self.dead_letter(delivery, rejection, publisher).await?;
                 Ok(None)
             }
@@ -423,6 +431,16 @@ impl Broker {
             // Persistent, like the durable queues it lands in.
             .with_delivery_mode(2)
             .with_timestamp(time::OffsetDateTime::now_utc().unix_timestamp() as u64);
+        // The consumer's span (on every instance) continues the ingest request's trace.
+        let properties = match telemetry::current_traceparent() {
+            Some(traceparent) => {
+                properties.with_headers(FieldTable::from(std::collections::BTreeMap::from([(
+                    ShortString::from(telemetry::TRACEPARENT),
+                    AMQPValue::LongString(traceparent.into()),
+                )])))
+            }
+            None => properties,
+        };
         let publish = async {
             let confirm = channel
                 .basic_publish(

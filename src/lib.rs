@@ -81,6 +81,7 @@ pub async fn run(
     warn_about_risky_settings(&config);
 
     let metrics = Arc::new(Metrics::new());
+    metrics.record_config(&config);
     // A socket's buffer must hold a full replay of one room on top of live traffic.
     let socket_buffer = config
         .limits
@@ -95,6 +96,7 @@ pub async fn run(
         // Every idle connection keeps one; clients only send small join/leave packets.
         .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
         .build_layer();
+    metrics.watch_transports(&io);
     let history = History::new(config.history.clone());
     let delivery = Arc::new(Delivery::new(
         io.clone(),
@@ -134,7 +136,9 @@ pub async fn run(
         .option_layer(http::cors(&app.config.cors))
         .map_request(http::detach_handshake)
         .layer(socket_layer)
-        .service(http::router(app.clone()));
+        .service(
+            http::router(app.clone()).layer(axum::middleware::from_fn(telemetry::http_request)),
+        );
 
     let tasks = CancellationToken::new();
     let consumer = broker.map(|broker| tokio::spawn(broker.run(tasks.clone())));
@@ -156,6 +160,7 @@ pub async fn run(
     let mut server = tokio::spawn(server.into_future());
     tracing::info!(
         %address,
+        version = env!("CARGO_PKG_VERSION"),
         rabbitmq = app.config.enable_rabbitmq,
         auth = app.auth.required(),
         worker_threads = app.config.worker_threads,

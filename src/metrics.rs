@@ -86,6 +86,8 @@ pub struct Metrics {
     pub max_connections: Gauge,
     /// 1 while authentication is off (dev mode or `AUTH_DISABLED=true`).
     pub auth_disabled: Gauge,
+    /// 1 when `ENABLE_RABBITMQ=true`: only then is `broker_connected` 0 a problem.
+    pub rabbitmq_enabled: Gauge,
     /// Replays served after a cursor, by where they were read from: `memory` (the in-memory
     /// window) or `stream` (the RabbitMQ stream, beyond the window). Incremented once per
     /// replay (one `join-room` with `after`, or one polling read past the window), not per
@@ -152,7 +154,12 @@ impl Metrics {
         let sockets = Family::default();
         let max_connections = Gauge::default();
         let auth_disabled = Gauge::default();
-        let replays = Family::default();
+        let rabbitmq_enabled = Gauge::default();
+        let replays = Family::<SourceLabels, Counter>::default();
+        // Both sources from the start, so that rate() and the dashboard see them at 0.
+        for source in ["memory", "stream"] {
+            let _ = replays.get_or_create(&SourceLabels { source });
+        }
         let resets = Counter::default();
         let stream_lag = Gauge::<f64, AtomicU64>::default();
         let stream_active_consumer = Gauge::default();
@@ -186,6 +193,11 @@ impl Metrics {
             "auth_disabled",
             "1 while authentication is off (dev mode or AUTH_DISABLED)",
             auth_disabled.clone(),
+        );
+        registry.register(
+            "rabbitmq_enabled",
+            "1 when ENABLE_RABBITMQ=true (the daemon consumes from RabbitMQ)",
+            rabbitmq_enabled.clone(),
         );
         registry.register(
             "replays",
@@ -279,6 +291,7 @@ impl Metrics {
             sockets,
             max_connections,
             auth_disabled,
+            rabbitmq_enabled,
             replays,
             resets,
             stream_lag,
@@ -311,6 +324,7 @@ impl Metrics {
             .set(i64::try_from(config.limits.max_connections).unwrap_or(i64::MAX));
         self.auth_disabled
             .set(i64::from(matches!(config.auth, AuthMode::Disabled(_))));
+        self.rabbitmq_enabled.set(i64::from(config.enable_rabbitmq));
     }
 
     /// Counts the sockets of `io` by transport at each scrape.
