@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use crate::support::proxy::Proxy;
 use crate::support::sio::{SioClient, TokenVia};
 use crate::support::{
-    SECRET, Settings, TestApp, Topology, WAIT, message_id, metric, open_publisher,
+    SECRET, Settings, TestApp, Topology, WAIT, message_id, metric, now, open_publisher,
 };
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -306,6 +306,16 @@ fn the_documented_defaults_are_the_daemon_s_defaults() {
     }
 }
 
+/// A `service` token for [`SECRET`], which [`Daemon`] runs with.
+fn service_token() -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({ "sub": "backend", "role": "service", "exp": now() + 3600 }),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
 /// The real binary on a free port, its stderr forwarded line by line.
 struct Daemon {
     child: tokio::process::Child,
@@ -580,27 +590,60 @@ async fn a_published_traceparent_parents_the_delivery_span_with_its_attributes()
         .unwrap();
     assert_eq!(config.status(), 200);
 
-    let mut seen = Vec::new();
-    let (mut delivery, mut http) = (None, None);
+    // Ingest with a traceparent: the request's span, then the delivery of what it published.
+    let ingest_trace = "0af7651916cd43dd8448eb211c80319c";
+    let ingest_parent = "b7ad6b7169203331";
+    let posted = reqwest::Client::new()
+        .post(format!("{}/api/notifications", daemon.base))
+        .bearer_auth(service_token())
+        .header(
+            "traceparent",
+            format!("00-{ingest_trace}-{ingest_parent}-01"),
+        )
+        .header("content-type", "application/json")
+        .body(json!({ "type": "ingested", "category": "station" }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 202);
+
+    let mut seen: Vec<Value> = Vec::new();
+    let find =
+        |seen: &[Value], accept: &dyn Fn(&Value) -> bool| seen.iter().find(|s| accept(s)).cloned();
+    let is_delivery = |trace: &'static str| {
+        move |s: &Value| s["name"] == "deliver notification" && s["traceId"] == trace
+    };
+    let is_route =
+        |route: &'static str| move |s: &Value| attribute(s, "http.route").as_deref() == Some(route);
     let deadline = tokio::time::Instant::now() + WAIT * 2;
-    while delivery.is_none() || http.is_none() {
+    loop {
+        let complete = [
+            find(&seen, &is_delivery(trace_id)),
+            find(&seen, &is_delivery(ingest_trace)),
+            find(&seen, &is_route("/api/config")),
+            find(&seen, &is_route("/api/notifications")),
+        ]
+        .iter()
+        .all(Option::is_some);
+        if complete {
+            break;
+        }
         let body = tokio::time::timeout_at(deadline, bodies.recv())
             .await
-            .unwrap_or_else(|_| panic!("no delivery and HTTP spans arrived; got {seen:#?}"))
+            .unwrap_or_else(|_| panic!("not every span arrived; got {seen:#?}"))
             .expect("receiver open");
-        let mut found = Vec::new();
-        spans(&body, &mut found);
-        for span in found {
-            if span["name"] == "deliver notification" && span["traceId"] == trace_id {
-                delivery = Some(span.clone());
-            }
-            if attribute(&span, "http.route").as_deref() == Some("/api/config") {
-                http = Some(span.clone());
-            }
-            seen.push(span);
-        }
+        spans(&body, &mut seen);
     }
-    let delivery = delivery.unwrap();
+    let ingest = find(&seen, &is_route("/api/notifications")).unwrap();
+    assert_eq!(ingest["traceId"], ingest_trace, "{ingest:#}");
+    assert_eq!(ingest["parentSpanId"], ingest_parent, "{ingest:#}");
+    let ingested = find(&seen, &is_delivery(ingest_trace)).unwrap();
+    assert_eq!(
+        ingested["parentSpanId"], ingest["spanId"],
+        "the delivery of an ingested notification continues the request's trace"
+    );
+    let http = find(&seen, &is_route("/api/config"));
+    let delivery = find(&seen, &is_delivery(trace_id)).unwrap();
     assert_eq!(delivery["parentSpanId"], parent_id, "{delivery:#}");
     let attr = |key: &str| attribute(&delivery, key);
     assert_eq!(
