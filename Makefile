@@ -31,7 +31,8 @@ $(VENDOR): package.json package-lock.json
 	mkdir -p public/vendor
 	cp node_modules/socket.io-client/dist/socket.io.esm.min.js $(VENDOR)
 
-## RabbitMQ on 127.0.0.1:5672 and Chromium, started or installed if missing.
+## RabbitMQ on 127.0.0.1:5672, Chromium and promtool, started or installed if missing.
 services:
 	bash scripts/ensure-rabbitmq.sh
 	bash scripts/ensure-chromium.sh
+	bash scripts/ensure-promtool.sh

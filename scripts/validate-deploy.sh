@@ -606,6 +606,20 @@ def _kustomization():
         assert i["name"] == image, f"images[].name {i['name']} does not match the container image {image}"
 check("k8s kustomization: resources exist, image name matches", _kustomization)
 
+def _service_monitor():
+    path = DEPLOY / "k8s" / "monitoring" / "servicemonitor.yaml"
+    (sm,) = [d for d in docs.get(path, []) if d.get("kind") == "ServiceMonitor"]
+    svc = one("Service")
+    selector = sm["spec"]["selector"]["matchLabels"]
+    labels = svc["metadata"].get("labels", {})
+    assert all(labels.get(k) == v for k, v in selector.items()), "ServiceMonitor selector does not match the Service's labels"
+    names = {p.get("name") for p in svc["spec"]["ports"]}
+    for e in sm["spec"]["endpoints"]:
+        assert e["port"] in names, f"endpoint port {e['port']} is not a named Service port"
+        assert e.get("path", "/metrics") == "/metrics", "metrics are at /metrics"
+    assert "monitoring/servicemonitor.yaml" not in one("Kustomization").get("resources", []), "needs the operator's CRDs: not in the kustomization"
+check("k8s servicemonitor: selects the Service, scrapes its named port at /metrics", _service_monitor)
+
 # --- nginx (structure; nginx -t runs separately) ------------------------------------
 def _nginx():
     text = (DEPLOY / "nginx/notify-bridge.conf").read_text()

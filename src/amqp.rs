@@ -20,7 +20,7 @@ use lapin::options::{
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::tcp::OwnedTLSConfig;
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind, ExchangeKind};
 use rand::Rng;
@@ -32,6 +32,7 @@ use crate::envelope;
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 use crate::readiness::{BrokerState, Readiness};
+use crate::telemetry;
 
 /// Header that tells an operator why a message was dead-lettered (contract section 2).
 pub const REASON_HEADER: &str = "x-notify-bridge-reason";
@@ -151,14 +152,15 @@ impl Broker {
             );
             self.metrics.broker_reconnects.inc();
             let delay = backoff(failures, self.config.reconnect_max);
-            // The same failure again (broker still down, queue still mismatched) is logged once
-            // at its level, then only at debug, so a long outage does not flood the log.
-            if reason != last_error {
-                if matches!(error, SessionError::Mismatch { .. }) {
-                    tracing::error!("{reason}");
-                } else {
-                    tracing::warn!(retry_in = ?delay, "{reason}");
-                }
+            // One WARN per outage (its first failure; the retries that follow fail for other
+            // reasons, refused or reset, and are logged at debug), so nobody is paged for an
+            // outage the daemon rides out. A mismatch needs an operator: ERROR, once.
+            let mismatch = matches!(error, SessionError::Mismatch { .. });
+            if mismatch && reason != last_error {
+                tracing::error!("{reason}");
+                last_error = reason;
+            } else if failures == 0 && !mismatch {
+                tracing::warn!(retry_in = ?delay, "{reason}");
                 last_error = reason;
             } else {
                 tracing::debug!(retry_in = ?delay, "{reason}");
@@ -196,14 +198,16 @@ impl Broker {
         self.readiness.set_broker(BrokerState::Connected);
         self.readiness.set_broker_problem(None);
         self.metrics.broker_connected.set(1);
-        *failures = 0;
+        // After an outage this is its one INFO line: recovered.
         tracing::info!(
+            recovered_after_attempts = *failures,
             broker = %self.config.url.redacted(),
             exchange = %self.config.exchange,
             queue = %self.config.queue,
             stream = %self.config.stream,
-            "connected to RabbitMQ"
+            "consuming from RabbitMQ"
         );
+        *failures = 0;
 
         let (caught_up, reader_caught_up) = tokio::sync::watch::channel(false);
         let (drain, drain_marker) = tokio::sync::watch::channel(None);
@@ -405,6 +409,16 @@ impl Broker {
             // Persistent, like the durable queue it lands in.
             .with_delivery_mode(2)
             .with_timestamp(time::OffsetDateTime::now_utc().unix_timestamp() as u64);
+        // The consumer's span (on every instance) continues the ingest request's trace.
+        let properties = match telemetry::current_traceparent() {
+            Some(traceparent) => {
+                properties.with_headers(FieldTable::from(std::collections::BTreeMap::from([(
+                    ShortString::from(telemetry::TRACEPARENT),
+                    AMQPValue::LongString(traceparent.into()),
+                )])))
+            }
+            None => properties,
+        };
         let publish = async {
             let confirm = channel
                 .basic_publish(

@@ -37,6 +37,8 @@ pub const APPENDED_AT_HEADER: &str = "x-notify-bridge-appended-ms";
 /// Fingerprint of the queue message a record was appended from (only for messages without
 /// `messageId`), so that a reader can tell an append whose confirm never came did land.
 pub const SOURCE_HEADER: &str = "x-notify-bridge-source";
+/// The routing key the producer published with, for the reader's span.
+pub const ROUTING_KEY_HEADER: &str = "x-notify-bridge-routing-key";
 /// W3C trace context, carried from the producer's message to the stream record.
 const TRACEPARENT_HEADER: &str = "traceparent";
 
@@ -236,6 +238,10 @@ async fn handle(
         AMQPValue::LongLongInt(
             (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64,
         ),
+    );
+    headers.insert(
+        ROUTING_KEY_HEADER.into(),
+        AMQPValue::LongString(delivery.routing_key.as_str().into()),
     );
     if let Some(print) = print {
         headers.insert(SOURCE_HEADER.into(), AMQPValue::LongLongInt(print as i64));

@@ -35,7 +35,7 @@ use time::OffsetDateTime;
 use crate::envelope::Envelope;
 use crate::history::Item;
 use crate::ledger::{self, Accepted, Cursor, Ids, Ledger, Plan};
-use crate::metrics::{Metrics, ReplayLabels};
+use crate::metrics::{Metrics, SourceLabels};
 use crate::rooms::Room;
 
 /// The Socket.IO event every notification is emitted as.
@@ -325,7 +325,7 @@ impl Fanout {
         } else {
             self.metrics
                 .replays
-                .get_or_create(&ReplayLabels { source })
+                .get_or_create(&SourceLabels { source })
                 .inc();
         }
         self.drop_stalled(stalled);
@@ -400,7 +400,7 @@ impl Fanout {
             let source = if from_stream { "stream" } else { "memory" };
             self.metrics
                 .replays
-                .get_or_create(&ReplayLabels { source })
+                .get_or_create(&SourceLabels { source })
                 .inc();
         }
         let asked = if reset { Cursor::Start } else { cursor };

@@ -102,6 +102,7 @@ pub async fn run(
     warn_about_risky_settings(&config);
 
     let metrics = Arc::new(Metrics::new());
+    metrics.record_config(&config);
     // A socket's buffer must hold a full replay of one room on top of live traffic.
     let socket_buffer = config
         .limits
@@ -116,6 +117,7 @@ pub async fn run(
         // Every idle connection keeps one; clients only send small join/leave packets.
         .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
         .build_layer();
+    metrics.watch_transports(&io);
     let ledger = if config.enable_rabbitmq {
         Ledger::streamed(
             config.history.clone(),
@@ -169,7 +171,9 @@ pub async fn run(
         .option_layer(http::cors(&app.config.cors))
         .map_request(http::detach_handshake)
         .layer(socket_layer)
-        .service(http::router(app.clone()));
+        .service(
+            http::router(app.clone()).layer(axum::middleware::from_fn(telemetry::http_request)),
+        );
 
     let tasks = CancellationToken::new();
     let consumer = broker.map(|broker| {

@@ -1,15 +1,27 @@
 //! Prometheus metrics (`GET /metrics`).
 //!
 //! Label values are bounded: categories outside the contract's four are counted as `other`,
-//! HTTP routes are the matched route templates, never raw paths.
+//! HTTP routes are the matched route templates, never raw paths, refusal reasons are the
+//! contract's codes.
+//!
+//! Besides the `notify_bridge_*` families, `/metrics` carries the standard `process_*` metrics
+//! (CPU, memory, file descriptors, start time) read from `/proc/self` at each scrape, and
+//! `notify_bridge_sockets{transport}`, counted over the live sockets at each scrape (a socket
+//! that upgrades from polling to websocket moves over without an event to count it by).
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use std::sync::OnceLock;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use socketioxide::{SocketIo, TransportType};
 
+use crate::config::{AuthMode, Config};
 use crate::rooms::metric_category;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -23,12 +35,6 @@ pub struct DeadLetterLabels {
     pub reason: &'static str,
 }
 
-/// Where a replay was served from: the memory window, or the stream behind it.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReplayLabels {
-    pub source: &'static str,
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub method: String,
@@ -36,8 +42,66 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabels {
+    pub transport: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+}
+
+/// Why a `join-room` was refused: the contract's error codes, anything else as `other`.
+const JOIN_REFUSALS: [&str; 4] = [
+    "forbidden",
+    "invalid_room",
+    "rate_limited",
+    "too_many_rooms",
+];
+
 pub struct Metrics {
     registry: Registry,
+    /// `process_*`: not prefixed, so the standard dashboards and alerts find them.
+    process: Registry,
+    /// Socket.IO handshakes refused, by reason (`unauthorized`, `server_full`, ...).
+    pub connections_refused: Family<ReasonLabels, Counter>,
+    /// `join-room` calls answered `ok: false`, by error code.
+    pub joins_refused: Family<ReasonLabels, Counter>,
+    /// Sockets by their current transport; refreshed at each scrape.
+    pub sockets: Family<TransportLabels, Gauge>,
+    /// `MAX_CONNECTIONS`, so alerts can compare `sockets_connected` with it.
+    pub max_connections: Gauge,
+    /// 1 while authentication is off (dev mode or `AUTH_DISABLED=true`).
+    pub auth_disabled: Gauge,
+    /// 1 when `ENABLE_RABBITMQ=true`: only then is `broker_connected` 0 a problem.
+    pub rabbitmq_enabled: Gauge,
+    /// Replays served after a cursor, by where they were read from: `memory` (the in-memory
+    /// window) or `stream` (the RabbitMQ stream, beyond the window). Incremented once per
+    /// replay (one `join-room` with `after`, or one polling read past the window), not per
+    /// notification replayed. Wired by the stream reader.
+    pub replays: Family<SourceLabels, Counter>,
+    /// Answers with `reset: true`: a cursor whose successors can no longer be replayed.
+    /// Wired by the stream reader.
+    pub resets: Counter,
+    /// Seconds this instance's stream reader is behind the stream's tail: the age of the last
+    /// record read when more are waiting, 0 when caught up. Wired by the stream reader.
+    pub stream_lag: Gauge<f64, AtomicU64>,
+    /// 1 while this instance is the queue's single active consumer, else 0. Wired by the
+    /// consumer.
+    pub stream_active_consumer: Gauge,
+    /// The sockets counted into `sockets`; set once the Socket.IO layer exists.
+    io: OnceLock<SocketIo>,
     pub consumed: Family<CategoryLabels, Counter>,
     /// One per emitted copy (one per target room, plus the broadcast copy).
     pub emitted: Family<CategoryLabels, Counter>,
@@ -50,14 +114,6 @@ pub struct Metrics {
     pub history_notifications: Gauge,
     /// Bytes of notifications held for polling and replay (`HISTORY_MAX_BYTES` caps it).
     pub history_bytes: Gauge,
-    /// Joins and polls with a cursor that were answered with what followed it.
-    pub replays: Family<ReplayLabels, Counter>,
-    /// Answers with `reset: true`: something after the cursor could no longer be replayed.
-    pub resets: Counter,
-    /// Seconds this instance's stream reader is behind the stream's tail (0 when caught up).
-    pub stream_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
-    /// 1 while this instance is the queue's single active consumer.
-    pub stream_active_consumer: Gauge,
     pub broker_connected: Gauge,
     pub broker_reconnects: Counter,
     /// Seconds from the notification's timestamp to its emit.
@@ -83,16 +139,89 @@ impl Metrics {
         let history_rooms = Gauge::default();
         let history_notifications = Gauge::default();
         let history_bytes = Gauge::default();
-        let replays = Family::default();
-        let resets = Counter::default();
-        let stream_lag_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-        let stream_active_consumer = Gauge::default();
         let broker_connected = Gauge::default();
         let broker_reconnects = Counter::default();
         // 0.5 ms to ~16 s.
         let delivery_lag = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let http_requests = Family::default();
+        let build_info = Family::<VersionLabels, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        let connections_refused = Family::default();
+        let joins_refused = Family::default();
+        let sockets = Family::default();
+        let max_connections = Gauge::default();
+        let auth_disabled = Gauge::default();
+        let rabbitmq_enabled = Gauge::default();
+        let replays = Family::<SourceLabels, Counter>::default();
+        // Both sources from the start, so that rate() and the dashboard see them at 0.
+        for source in ["memory", "stream"] {
+            let _ = replays.get_or_create(&SourceLabels { source });
+        }
+        let resets = Counter::default();
+        let stream_lag = Gauge::<f64, AtomicU64>::default();
+        let stream_active_consumer = Gauge::default();
 
+        registry.register(
+            "build_info",
+            "Always 1; the version label is the running build",
+            build_info.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Socket.IO handshakes refused, by reason",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "joins_refused",
+            "join-room calls refused, by error code",
+            joins_refused.clone(),
+        );
+        registry.register(
+            "sockets",
+            "Socket.IO sockets by current transport (websocket, polling)",
+            sockets.clone(),
+        );
+        registry.register(
+            "max_connections",
+            "Configured MAX_CONNECTIONS",
+            max_connections.clone(),
+        );
+        registry.register(
+            "auth_disabled",
+            "1 while authentication is off (dev mode or AUTH_DISABLED)",
+            auth_disabled.clone(),
+        );
+        registry.register(
+            "rabbitmq_enabled",
+            "1 when ENABLE_RABBITMQ=true (the daemon consumes from RabbitMQ)",
+            rabbitmq_enabled.clone(),
+        );
+        registry.register(
+            "replays",
+            "Replays after a cursor, by source (memory window or stream)",
+            replays.clone(),
+        );
+        registry.register(
+            "resets",
+            "Answers with reset: true (a cursor that can no longer be replayed from)",
+            resets.clone(),
+        );
+        registry.register(
+            "stream_lag_seconds",
+            "Seconds this instance's stream reader is behind the stream's tail",
+            stream_lag.clone(),
+        );
+        registry.register(
+            "stream_active_consumer",
+            "1 while this instance is the queue's single active consumer",
+            stream_active_consumer.clone(),
+        );
+        let mut process = Registry::default();
+        process.register_collector(Box::new(ProcessCollector));
         registry.register(
             "notifications_consumed",
             "Notifications accepted from RabbitMQ or HTTP",
@@ -139,26 +268,6 @@ impl Metrics {
             history_bytes.clone(),
         );
         registry.register(
-            "replays",
-            "Joins and polls with a cursor answered with what followed it, by source",
-            replays.clone(),
-        );
-        registry.register(
-            "resets",
-            "Answers with reset: true (something after the cursor can no longer be replayed)",
-            resets.clone(),
-        );
-        registry.register(
-            "stream_lag_seconds",
-            "Seconds this instance's stream reader is behind the stream's tail",
-            stream_lag_seconds.clone(),
-        );
-        registry.register(
-            "stream_active_consumer",
-            "1 while this instance is the queue's single active consumer",
-            stream_active_consumer.clone(),
-        );
-        registry.register(
             "broker_connected",
             "1 while consuming from RabbitMQ",
             broker_connected.clone(),
@@ -181,6 +290,18 @@ impl Metrics {
 
         Self {
             registry,
+            process,
+            connections_refused,
+            joins_refused,
+            sockets,
+            max_connections,
+            auth_disabled,
+            rabbitmq_enabled,
+            replays,
+            resets,
+            stream_lag,
+            stream_active_consumer,
+            io: OnceLock::new(),
             consumed,
             emitted,
             dead_lettered,
@@ -190,10 +311,6 @@ impl Metrics {
             history_rooms,
             history_notifications,
             history_bytes,
-            replays,
-            resets,
-            stream_lag_seconds,
-            stream_active_consumer,
             broker_connected,
             broker_reconnects,
             delivery_lag,
@@ -207,12 +324,270 @@ impl Metrics {
         }
     }
 
+    /// Exports the settings alerts compare against (`MAX_CONNECTIONS`, auth off).
+    pub fn record_config(&self, config: &Config) {
+        self.max_connections
+            .set(i64::try_from(config.limits.max_connections).unwrap_or(i64::MAX));
+        self.auth_disabled
+            .set(i64::from(matches!(config.auth, AuthMode::Disabled(_))));
+        self.rabbitmq_enabled.set(i64::from(config.enable_rabbitmq));
+    }
+
+    /// Counts the sockets of `io` by transport at each scrape.
+    pub fn watch_transports(&self, io: &SocketIo) {
+        let _ = self.io.set(io.clone());
+    }
+
+    /// Counts a refused Socket.IO handshake; `reason` is the `connect_error` message.
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts a refused `join-room` by its error code.
+    pub fn join_refused(&self, code: &str) {
+        let reason = JOIN_REFUSALS
+            .into_iter()
+            .find(|known| *known == code)
+            .unwrap_or("other");
+        self.joins_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts a `join-room` answer if it is a refusal (`{ "ok": false, "error": code }`).
+    pub fn join_answered(&self, reply: &serde_json::Value) {
+        if reply["ok"] == false {
+            self.join_refused(reply["error"].as_str().unwrap_or(""));
+        }
+    }
+
+    fn count_transports(&self) {
+        let Some(sockets) = self.io.get().and_then(|io| io.of("/")) else {
+            return;
+        };
+        let (mut websocket, mut polling) = (0, 0);
+        for socket in sockets.sockets() {
+            match socket.transport_type() {
+                TransportType::Websocket => websocket += 1,
+                TransportType::Polling => polling += 1,
+            }
+        }
+        for (transport, count) in [("websocket", websocket), ("polling", polling)] {
+            self.sockets
+                .get_or_create(&TransportLabels { transport })
+                .set(count);
+        }
+    }
+
     /// The text exposition.
     pub fn encode(&self) -> String {
+        self.count_transports();
         let mut out = String::new();
         // Writing into a String cannot fail.
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        prometheus_client::encoding::text::encode_registry(&mut out, &self.registry)
+            .and_then(|()| {
+                prometheus_client::encoding::text::encode_registry(&mut out, &self.process)
+            })
+            .and_then(|()| prometheus_client::encoding::text::encode_eof(&mut out))
             .expect("encode metrics");
         out
+    }
+}
+
+/// The standard Prometheus process metrics, read from `/proc/self` at each scrape (Linux; on
+/// other systems, or if `/proc` is unreadable, they are left out).
+#[derive(Debug)]
+struct ProcessCollector;
+
+/// `/proc` reports CPU times and start times in clock ticks of `USER_HZ`, 100 on Linux.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// What the collector read from `/proc/self`.
+#[derive(Debug, Default, PartialEq)]
+struct ProcessStats {
+    cpu_seconds: f64,
+    resident_bytes: Option<u64>,
+    virtual_bytes: Option<u64>,
+    start_time_seconds: Option<f64>,
+    open_fds: Option<u64>,
+    max_fds: Option<u64>,
+}
+
+impl ProcessStats {
+    fn read() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let boot_time = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| parse_boot_time(&s));
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+        let mut stats = parse_stat(&stat, boot_time)?;
+        stats.resident_bytes = status_kib(&status, "VmRSS:").map(|k| k * 1024);
+        stats.virtual_bytes = status_kib(&status, "VmSize:").map(|k| k * 1024);
+        stats.max_fds = parse_max_fds(&limits);
+        stats.open_fds = std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|dir| dir.count() as u64);
+        Some(stats)
+    }
+}
+
+/// `utime`, `stime` and `starttime` of `/proc/self/stat` (fields 14, 15, 22).
+fn parse_stat(stat: &str, boot_time: Option<u64>) -> Option<ProcessStats> {
+    // The command name (field 2) is in parentheses and may contain spaces: count from after it.
+    let fields: Vec<&str> = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .collect();
+    let ticks = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+    let cpu = ticks(14)? + ticks(15)?;
+    Some(ProcessStats {
+        cpu_seconds: cpu as f64 / TICKS_PER_SECOND,
+        start_time_seconds: boot_time
+            .zip(ticks(22))
+            .map(|(boot, start)| boot as f64 + start as f64 / TICKS_PER_SECOND),
+        ..Default::default()
+    })
+}
+
+fn parse_boot_time(stat: &str) -> Option<u64> {
+    stat.lines()
+        .find_map(|line| line.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn status_kib(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The soft limit of "Max open files" in `/proc/self/limits`.
+fn parse_max_fds(limits: &str) -> Option<u64> {
+    limits
+        .lines()
+        .find_map(|line| line.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(stats) = ProcessStats::read() else {
+            return Ok(());
+        };
+        let counter = ConstCounter::new(stats.cpu_seconds);
+        counter.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            None,
+            counter.metric_type(),
+        )?)?;
+        let gauges = [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                stats.resident_bytes.map(|v| v as f64),
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                stats.virtual_bytes.map(|v| v as f64),
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors",
+                stats.open_fds.map(|v| v as f64),
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                stats.max_fds.map(|v| v as f64),
+            ),
+            (
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds",
+                stats.start_time_seconds,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            if let Some(value) = value {
+                let gauge = ConstGauge::new(value);
+                gauge.encode(encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    gauge.metric_type(),
+                )?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_command_name() {
+        // A command name with spaces and a parenthesis, as /proc allows.
+        let stat = "4242 (notify (bridge) x) S 1 4242 4242 0 -1 4194560 1 0 0 0 250 130 0 0 20 0 \
+                    3 0 5000 1000 200 18446744073709551615";
+        let stats = parse_stat(stat, Some(1_700_000_000)).unwrap();
+        assert_eq!(stats.cpu_seconds, 3.8);
+        assert_eq!(stats.start_time_seconds, Some(1_700_000_050.0));
+        assert_eq!(parse_stat("garbage", None), None);
+    }
+
+    #[test]
+    fn limits_status_and_boot_time() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max open files            1024                 524288               files\n";
+        assert_eq!(parse_max_fds(limits), Some(1024));
+        assert_eq!(
+            status_kib("Name:\tx\nVmRSS:\t  5120 kB\n", "VmRSS:"),
+            Some(5120)
+        );
+        assert_eq!(
+            parse_boot_time("cpu 1 2 3\nbtime 1700000000\n"),
+            Some(1_700_000_000)
+        );
+    }
+
+    #[test]
+    fn the_live_process_is_described() {
+        let text = Metrics::new().encode();
+        for name in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_max_fds ",
+            "process_start_time_seconds ",
+            "notify_bridge_build_info{version=\"",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "one EOF, at the end");
+        assert_eq!(text.matches("# EOF").count(), 1);
+    }
+
+    #[test]
+    fn join_refusals_are_bounded() {
+        let metrics = Metrics::new();
+        metrics.join_answered(&serde_json::json!({ "ok": false, "error": "rate_limited" }));
+        metrics.join_answered(&serde_json::json!({ "ok": false, "error": "made-up" }));
+        metrics.join_answered(&serde_json::json!({ "ok": true, "room": "cms:x" }));
+        let text = metrics.encode();
+        assert!(text.contains("notify_bridge_joins_refused_total{reason=\"rate_limited\"} 1"));
+        assert!(text.contains("notify_bridge_joins_refused_total{reason=\"other\"} 1"));
+        assert_eq!(
+            text.matches("notify_bridge_joins_refused_total{").count(),
+            2
+        );
     }
 }

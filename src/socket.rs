@@ -52,6 +52,7 @@ fn authenticate(
             limit = app.config.limits.max_connections,
             "connection refused: MAX_CONNECTIONS reached"
         );
+        app.metrics.connection_refused("server_full");
         return Err(Refusal::ServerFull);
     }
     let from_auth = auth
@@ -70,6 +71,7 @@ fn authenticate(
         }
         Err(error) => {
             tracing::debug!(sid = %socket.id, %error, "socket refused");
+            app.metrics.connection_refused("unauthorized");
             Err(Refusal::Unauthorized)
         }
     }
@@ -102,6 +104,7 @@ fn register_events(app: &Arc<AppState>, socket: &SocketRef) {
             let limiter = limiter.clone();
             async move {
                 let reply = join_room(&app, &socket, arg.unwrap_or(Value::Null), &limiter).await;
+                app.metrics.join_answered(&reply);
                 let _ = ack.send(&reply);
             }
         },

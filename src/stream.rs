@@ -28,12 +28,13 @@ use lapin::{BasicProperties, Channel, Connection};
 use rand::Rng;
 
 use crate::amqp::{Broker, PUBLISH_CONFIRM_TIMEOUT, SessionError};
-use crate::consumer::{APPENDED_AT_HEADER, SOURCE_HEADER};
+use crate::consumer::{APPENDED_AT_HEADER, ROUTING_KEY_HEADER, SOURCE_HEADER};
 use crate::envelope::{Envelope, RECORD_HEADER};
 use crate::fanout::{DeepHistory, FetchError, FetchFuture, Outcome};
 use crate::history::Item;
 use crate::ledger::Ids;
 use crate::rooms::Room;
+use crate::telemetry;
 
 /// Header of a marker record: an instance's "I started reading here", never a notification.
 pub const MARKER_HEADER: &str = "x-notify-bridge-marker";
@@ -169,7 +170,7 @@ pub(crate) async fn follow(
                     ack_through(delivery).await?;
                 }
                 if !since_last {
-                    broker.metrics.stream_lag_seconds.set(0.0);
+                    broker.metrics.stream_lag.set(0.0);
                 }
                 since_last = false;
             }
@@ -242,11 +243,26 @@ fn read_one(broker: &Broker, delivery: &AmqpDelivery, marker: &str, drain: Optio
             .unwrap_or_else(|p| p.into_inner())
             .landed(*source as u64);
     }
+    // One span from the producer's message to the emit: the consumer copied its traceparent
+    // into the record.
+    let (traceparent, _) = telemetry::amqp_trace_context(delivery.properties.headers().as_ref());
+    let routing_key = match header(delivery, ROUTING_KEY_HEADER) {
+        Some(AMQPValue::LongString(key)) => String::from_utf8_lossy(key.as_bytes()).into_owned(),
+        _ => stream.to_owned(),
+    };
+    let span = telemetry::delivery_span(traceparent.as_deref(), &routing_key);
+    telemetry::record_stream_offset(&span, offset);
     match Envelope::from_record(&delivery.data) {
         Ok(envelope) => {
             let envelope = Arc::new(envelope);
             let live = broker.readiness.is_caught_up();
-            let outcome = fanout.publish(Some(offset), envelope.clone());
+            let outcome = span.in_scope(|| fanout.publish(Some(offset), envelope.clone()));
+            telemetry::record_delivery(
+                &span,
+                envelope.message_id.as_deref(),
+                &envelope.rooms,
+                outcome,
+            );
             if live && matches!(outcome, Outcome::Delivered { .. }) {
                 fanout.observe_lag(&envelope);
                 if let Some(AMQPValue::LongLongInt(appended_ms)) =
@@ -256,7 +272,7 @@ fn read_one(broker: &Broker, delivery: &AmqpDelivery, marker: &str, drain: Optio
                         (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
                     broker
                         .metrics
-                        .stream_lag_seconds
+                        .stream_lag
                         .set((now_ms - appended_ms).max(0) as f64 / 1000.0);
                 }
             }

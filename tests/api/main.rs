@@ -8,6 +8,7 @@ mod dead_letters;
 mod faults;
 mod http_basics;
 mod node_compat;
+mod observability;
 mod operations;
 mod payload_schema;
 mod polling;
