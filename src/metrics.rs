@@ -47,6 +47,8 @@ pub struct Metrics {
     /// Seconds from the notification's timestamp to its emit.
     pub delivery_lag: Histogram,
     pub http_requests: Family<HttpLabels, Counter>,
+    /// 1 while authentication is off (dev mode or `AUTH_DISABLED=true`), to alert on.
+    pub auth_disabled: Gauge,
 }
 
 impl Default for Metrics {
@@ -133,6 +135,13 @@ impl Metrics {
             http_requests.clone(),
         );
 
+        let auth_disabled = Gauge::default();
+        registry.register(
+            "auth_disabled",
+            "1 while authentication is off (dev mode or AUTH_DISABLED=true)",
+            auth_disabled.clone(),
+        );
+
         Self {
             registry,
             consumed,
@@ -147,6 +156,7 @@ impl Metrics {
             broker_reconnects,
             delivery_lag,
             http_requests,
+            auth_disabled,
         }
     }
 
