@@ -3,7 +3,9 @@
 # compose file against the compose-spec schema, the Kubernetes manifests
 # against the Kubernetes schemas, cross-checks names, ports, probes and env
 # variables against the daemon's contract, lints the Dockerfile (hadolint) and
-# tests the nginx configuration (nginx -t). No Docker engine or cluster needed.
+# tests the nginx configuration (nginx -t), and checks that vendor/engineioxide is
+# the crates.io release plus its patch (scripts/check-vendor.sh). No Docker engine
+# or cluster needed.
 #
 # Tools are installed once into a cache directory (override with
 # VALIDATE_DEPLOY_TOOLS); later runs reuse them. Optional tools that cannot be
@@ -733,6 +735,15 @@ EOF
   fi
 else
   skip "nginx -t (nginx not installable here)"
+fi
+
+# --- vendored engineioxide -------------------------------------------------------------------
+# Not a deploy file, but what ships in the image: the patched dependency must be the release
+# plus its patch, nothing else.
+if out="$(bash "$ROOT/scripts/check-vendor.sh" 2>&1)"; then
+  pass "vendor/engineioxide: the crates.io release plus vendor/engineioxide.patch, nothing else"
+else
+  fail "vendor/engineioxide: the crates.io release plus vendor/engineioxide.patch, nothing else" "$out"
 fi
 
 # --- summary ------------------------------------------------------------------------------
