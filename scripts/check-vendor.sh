@@ -1,54 +1,63 @@
 #!/usr/bin/env bash
-# The vendored engineioxide (vendor/engineioxide) is the crates.io release plus
-# vendor/engineioxide.patch, and nothing else: extracts the release's .crate (from cargo's
-# cache, or fetched by cargo into it), applies the patch and compares the trees byte for byte.
+# Each patched dependency in vendor/ (engineioxide, socketioxide) is its crates.io release plus
+# vendor/<name>.patch, and nothing else: extracts the release's .crate (from cargo's cache, or
+# fetched by cargo into it), applies the patch and compares the trees byte for byte.
 # Run by scripts/validate-deploy.sh (so by `make test`); exits non-zero on any difference.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-NAME=engineioxide
-VENDORED="$ROOT/vendor/$NAME"
-PATCH="$ROOT/vendor/$NAME.patch"
-VERSION="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$VENDORED/Cargo.toml" | head -n 1)"
-# crates.io's checksum of the release (the `cksum` of its index entry, as in any Cargo.lock
-# that depends on it unpatched). Update it together with the version.
-SHA256=0615980857185ecc33fed6ec417ec64fe3e427bf1de0471bb3594132f453bdbe
-EXPECTED_VERSION=0.17.9
-# What the vendored copy leaves out of the release on purpose: its tests and benches (their
+# name, version, crates.io's checksum of the release (the checksum any Cargo.lock that depends
+# on it unpatched records). Update them together with the vendored sources.
+RELEASES=(
+    "engineioxide 0.17.9 0615980857185ecc33fed6ec417ec64fe3e427bf1de0471bb3594132f453bdbe"
+    "socketioxide 0.18.9 ef8a9378fdea634a338e8dd2cf17e81cfaaf8c04840625e4c78555c89d9ba6e9"
+)
+# What the vendored copies leave out of a release on purpose: its tests and benches (their
 # [[test]]/[[bench]] entries are removed by the patch), and cargo's packaging files.
 LEFT_OUT=(tests benches Cargo.toml.orig Cargo.lock .cargo_vcs_info.json)
-
-[[ "$VERSION" == "$EXPECTED_VERSION" ]] || {
-    echo "vendor/$NAME is version $VERSION; update EXPECTED_VERSION and SHA256 here" >&2
-    exit 1
-}
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
-find_crate() { find "$CARGO_HOME/registry/cache" -name "$NAME-$VERSION.crate" 2>/dev/null | head -n 1; }
-crate="$(find_crate || true)"
-if [[ -z "$crate" ]]; then
-    # [patch.crates-io] means cargo never downloads the release for this workspace: ask cargo
-    # for it through a throwaway manifest, which puts the verified .crate into its cache.
-    mkdir -p "$WORK/fetch/src"
-    : >"$WORK/fetch/src/lib.rs"
-    printf '[package]\nname = "fetch-release"\nversion = "0.0.0"\nedition = "2021"\n\n[dependencies]\n%s = "=%s"\n' \
-        "$NAME" "$VERSION" >"$WORK/fetch/Cargo.toml"
-    cargo fetch --quiet --manifest-path "$WORK/fetch/Cargo.toml"
-    crate="$(find_crate)"
-fi
-[[ -n "$crate" ]] || { echo "no $NAME-$VERSION.crate in $CARGO_HOME/registry/cache" >&2; exit 1; }
-echo "$SHA256  $crate" | sha256sum --check --quiet -
+find_crate() { find "$CARGO_HOME/registry/cache" -name "$1-$2.crate" 2>/dev/null | head -n 1; }
 
-tar -xzf "$crate" -C "$WORK"
-release="$WORK/$NAME-$VERSION"
-for item in "${LEFT_OUT[@]}"; do
-    rm -rf "${release:?}/$item"
+failed=0
+for release in "${RELEASES[@]}"; do
+    read -r name version sha256 <<<"$release"
+    vendored="$ROOT/vendor/$name"
+    found="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$vendored/Cargo.toml" | head -n 1)"
+    if [[ "$found" != "$version" ]]; then
+        echo "vendor/$name is version $found; update RELEASES in $0" >&2
+        failed=1
+        continue
+    fi
+    crate="$(find_crate "$name" "$version" || true)"
+    if [[ -z "$crate" ]]; then
+        # [patch.crates-io] means cargo never downloads the release for this workspace: ask
+        # cargo for it through a throwaway manifest, which puts the verified .crate in its cache.
+        fetch="$WORK/fetch-$name"
+        mkdir -p "$fetch/src"
+        : >"$fetch/src/lib.rs"
+        printf '[package]\nname = "fetch-release"\nversion = "0.0.0"\nedition = "2021"\n\n[dependencies]\n%s = "=%s"\n' \
+            "$name" "$version" >"$fetch/Cargo.toml"
+        cargo fetch --quiet --manifest-path "$fetch/Cargo.toml"
+        crate="$(find_crate "$name" "$version")"
+    fi
+    [[ -n "$crate" ]] || { echo "no $name-$version.crate in $CARGO_HOME/registry/cache" >&2; exit 1; }
+    echo "$sha256  $crate" | sha256sum --check --quiet -
+
+    mkdir -p "$WORK/$name"
+    tar -xzf "$crate" -C "$WORK/$name"
+    tree="$WORK/$name/$name-$version"
+    for item in "${LEFT_OUT[@]}"; do
+        rm -rf "${tree:?}/$item"
+    done
+    patch --quiet --batch --forward -p1 -d "$tree" <"$ROOT/vendor/$name.patch"
+    if diff -r "$tree" "$vendored"; then
+        echo "vendor/$name is $name $version from crates.io plus vendor/$name.patch, and nothing else"
+    else
+        echo "vendor/$name differs from the $version release plus vendor/$name.patch (diff above)" >&2
+        failed=1
+    fi
 done
-patch --quiet --batch --forward -p1 -d "$release" <"$PATCH"
-if ! diff -r "$release" "$VENDORED"; then
-    echo "vendor/$NAME differs from the $VERSION release plus vendor/$NAME.patch (diff above)" >&2
-    exit 1
-fi
-echo "vendor/$NAME is $NAME $VERSION from crates.io plus vendor/$NAME.patch, and nothing else"
+exit "$failed"

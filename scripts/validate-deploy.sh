@@ -3,7 +3,7 @@
 # compose file against the compose-spec schema, the Kubernetes manifests
 # against the Kubernetes schemas, cross-checks names, ports, probes and env
 # variables against the daemon's contract, lints the Dockerfile (hadolint) and
-# tests the nginx configuration (nginx -t), and checks that vendor/engineioxide is
+# tests the nginx configuration (nginx -t), and checks that each crate in vendor/ is
 # the crates.io release plus its patch (scripts/check-vendor.sh). No Docker engine
 # or cluster needed.
 #
@@ -737,13 +737,13 @@ else
   skip "nginx -t (nginx not installable here)"
 fi
 
-# --- vendored engineioxide -------------------------------------------------------------------
-# Not a deploy file, but what ships in the image: the patched dependency must be the release
+# --- vendored crates ------------------------------------------------------------------------
+# Not deploy files, but what ships in the image: each patched dependency must be its release
 # plus its patch, nothing else.
 if out="$(bash "$ROOT/scripts/check-vendor.sh" 2>&1)"; then
-  pass "vendor/engineioxide: the crates.io release plus vendor/engineioxide.patch, nothing else"
+  pass "vendor/: each patched crate is its crates.io release plus its patch, nothing else"
 else
-  fail "vendor/engineioxide: the crates.io release plus vendor/engineioxide.patch, nothing else" "$out"
+  fail "vendor/: each patched crate is its crates.io release plus its patch, nothing else" "$out"
 fi
 
 # --- summary ------------------------------------------------------------------------------

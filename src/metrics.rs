@@ -24,6 +24,11 @@ pub struct DeadLetterLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DisconnectLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub method: String,
     pub route: String,
@@ -49,6 +54,8 @@ pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
     /// 1 while authentication is off (dev mode or `AUTH_DISABLED=true`), to alert on.
     pub auth_disabled: Gauge,
+    /// Connected sockets that went away, by Socket.IO's reason.
+    pub sockets_disconnected: Family<DisconnectLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -142,6 +149,13 @@ impl Metrics {
             auth_disabled.clone(),
         );
 
+        let sockets_disconnected = Family::default();
+        registry.register(
+            "sockets_disconnected",
+            "Socket.IO sockets that disconnected, by reason",
+            sockets_disconnected.clone(),
+        );
+
         Self {
             registry,
             consumed,
@@ -157,6 +171,7 @@ impl Metrics {
             delivery_lag,
             http_requests,
             auth_disabled,
+            sockets_disconnected,
         }
     }
 

@@ -23,10 +23,12 @@ use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
+use socketioxide::socket::DisconnectReason;
 
 use crate::AppState;
 use crate::auth::Principal;
 use crate::config::{Config, Limits};
+use crate::metrics::DisconnectLabels;
 use crate::rooms::Room;
 
 /// Largest Socket.IO packet, websocket frame or websocket message a client may send: clients
@@ -209,7 +211,7 @@ pub fn attach(io: &SocketIo, app: Arc<AppState>) {
     // returns: anything that must be in place before the client's first event happens here,
     // not in the future. (Event handlers are registered even earlier, in `authenticate`.)
     let on_connect = move |socket: SocketRef| {
-        count_connection(&socket);
+        count_connection(&app, &socket);
         async {}
     };
     io.ns("/", on_connect.with(authenticate));
@@ -260,13 +262,34 @@ fn query_token(query: Option<&str>) -> Option<String> {
         .map(|(_, value)| value.into_owned())
 }
 
-fn count_connection(socket: &SocketRef) {
-    socket.on_disconnect(|socket: SocketRef| {
+fn count_connection(app: &AppState, socket: &SocketRef) {
+    let metrics = app.metrics.clone();
+    socket.on_disconnect(move |socket: SocketRef, reason: DisconnectReason| {
         // Frees the socket's share of MAX_CONNECTIONS and MAX_CONNECTIONS_PER_SUB at once,
         // rather than whenever the last reference to the socket goes.
         drop(socket.extensions.remove::<Arc<Slot>>());
+        let reason = DisconnectLabels {
+            reason: reason_label(reason),
+        };
+        metrics.sockets_disconnected.get_or_create(&reason).inc();
         async {}
     });
+}
+
+/// A bounded metric label for each reason a socket can go away for.
+fn reason_label(reason: DisconnectReason) -> &'static str {
+    match reason {
+        DisconnectReason::TransportClose => "transport_close",
+        DisconnectReason::MultipleHttpPollingError => "multiple_http_polling",
+        DisconnectReason::PacketParsingError => "packet_parsing",
+        DisconnectReason::TransportError => "transport_error",
+        DisconnectReason::HeartbeatTimeout => "heartbeat_timeout",
+        // A client that stopped reading (patched socketioxide/engineioxide, vendor/README.md).
+        DisconnectReason::QueueOverflow => "queue_overflow",
+        DisconnectReason::ClientNSDisconnect => "client_disconnect",
+        DisconnectReason::ServerNSDisconnect => "server_disconnect",
+        DisconnectReason::ClosingServer => "closing_server",
+    }
 }
 
 fn register_events(app: &Arc<AppState>, socket: &SocketRef) {

@@ -621,3 +621,58 @@ fn a_weak_or_example_secret_on_a_public_host_refuses_to_start() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_for_its_overflow_not_a_heartbeat() {
+    let app = TestApp::spawn(
+        dev_mode()
+            .var("SOCKET_BUFFER", "16")
+            .var("HISTORY_PER_ROOM", "8"),
+    )
+    .await;
+    let mut stalled = crate::support::sio::stalled_socket(app.addr, "cms:dashboard").await;
+    let padding = "x".repeat(4096);
+    // Far more than the stalled socket's TCP buffers and 16 queued packets hold; stops as
+    // soon as the daemon has given up on it.
+    let mut given_up = false;
+    for n in 0..3000 {
+        let body =
+            json!({ "type": "bulk", "category": "station", "data": { "n": n, "pad": padding } });
+        assert_eq!(
+            app.post("/api/notifications", None, body.to_string())
+                .await
+                .status(),
+            202
+        );
+        if n % 50 == 49
+            && metric(&app.metrics().await, "notify_bridge_sockets_stalled_total") == 1.0
+        {
+            given_up = true;
+            break;
+        }
+    }
+    assert!(given_up, "the stalled socket was never given up on");
+    // Reading again, the client gets its backlog, then the close...
+    let closed = tokio::time::timeout(WAIT, async {
+        while let Some(Ok(message)) = stalled.next().await {
+            if message.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the stalled socket's connection was closed");
+    // ...and the daemon says why: its queue overflowed, not a heartbeat it missed.
+    let overflowed = "notify_bridge_sockets_disconnected_total{reason=\"queue_overflow\"}";
+    let deadline = Instant::now() + WAIT;
+    let text = loop {
+        let text = app.metrics().await;
+        if text.contains(overflowed) || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(metric(&text, overflowed), 1.0, "{text}");
+    assert!(!text.contains("reason=\"heartbeat_timeout\""), "{text}");
+    app.stop().await;
+}
