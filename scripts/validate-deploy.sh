@@ -3,7 +3,9 @@
 # compose file against the compose-spec schema, the Kubernetes manifests
 # against the Kubernetes schemas, cross-checks names, ports, probes and env
 # variables against the daemon's contract, lints the Dockerfile (hadolint) and
-# tests the nginx configuration (nginx -t). No Docker engine or cluster needed.
+# tests the nginx configuration (nginx -t), and checks that each crate in vendor/ is
+# the crates.io release plus its patch (scripts/check-vendor.sh). No Docker engine
+# or cluster needed.
 #
 # Tools are installed once into a cache directory (override with
 # VALIDATE_DEPLOY_TOOLS); later runs reuse them. Optional tools that cannot be
@@ -149,6 +151,7 @@ EXTRA_ENV = {
     "HISTORY_ROOM_IDLE_SECS", "DEDUPE_WINDOW", "MAX_CONNECTIONS",
     "MAX_ROOMS_PER_SOCKET", "JOIN_RATE_PER_SEC", "SOCKET_BUFFER",
     "SHUTDOWN_TIMEOUT_MS", "WORKER_THREADS", "PING_INTERVAL_MS", "PING_TIMEOUT_MS", "DEMO",
+    "MAX_CONNECTIONS_PER_SUB", "MAX_PENDING_CONNECTIONS",
 }
 DAEMON_ENV = CONTRACT_ENV | EXTRA_ENV
 DEPLOY_ONLY_ENV = {"POD_NAME"}  # downward API helper, referenced as $(POD_NAME)
@@ -159,9 +162,11 @@ INT_ENV = {
     "HISTORY_MAX_ROOMS", "HISTORY_MAX_TOTAL", "HISTORY_ROOM_IDLE_SECS",
     "DEDUPE_WINDOW", "MAX_CONNECTIONS", "MAX_ROOMS_PER_SOCKET",
     "JOIN_RATE_PER_SEC", "SOCKET_BUFFER", "SHUTDOWN_TIMEOUT_MS", "WORKER_THREADS",
-    "PING_INTERVAL_MS", "PING_TIMEOUT_MS",
+    "PING_INTERVAL_MS", "PING_TIMEOUT_MS", "MAX_CONNECTIONS_PER_SUB", "MAX_PENDING_CONNECTIONS",
 }
 SHUTDOWN_DEFAULT_MS = 10000
+PREFETCH_DEFAULT = 256
+MAX_MESSAGE_BYTES_DEFAULT = 131072
 PORT_DEFAULT = 3000
 
 def check_env(env):
@@ -195,7 +200,7 @@ REQUIRED = [
     "deploy/Dockerfile", "deploy/docker-compose.yml", "deploy/README.md",
     "deploy/rabbitmq/definitions.json", "deploy/rabbitmq/rabbitmq.conf",
     "deploy/k8s/deployment.yaml", "deploy/k8s/service.yaml",
-    "deploy/k8s/secret.example.yaml", "deploy/k8s/ingress.yaml",
+    "deploy/k8s-secret.example.yaml", "deploy/k8s/ingress.yaml",
     "deploy/k8s/kustomization.yaml", "deploy/nginx/notify-bridge.conf",
     ".dockerignore",
 ]
@@ -327,6 +332,13 @@ def _rabbit_conf():
     assert rabbit_conf().get("load_definitions"), "load_definitions not set"
 check("rabbitmq.conf: key = value syntax, load_definitions set", _rabbit_conf)
 
+def _max_message_size():
+    size = int(rabbit_conf().get("max_message_size", 0))
+    assert size, "max_message_size not set (RabbitMQ's default lets one message take a pod's memory)"
+    assert size >= MAX_MESSAGE_BYTES_DEFAULT, "max_message_size below MAX_MESSAGE_BYTES: too_large messages would never be dead-lettered"
+    assert size * PREFETCH_DEFAULT <= 128 << 20, f"prefetch x max_message_size = {size * PREFETCH_DEFAULT >> 20} MiB in flight: more than a quarter of a 512 Mi pod"
+check("rabbitmq.conf: max_message_size bounds prefetch x message size against pod memory", _max_message_size)
+
 # --- docker-compose ---------------------------------------------------------------
 def compose():
     return doc("docker-compose.yml")[0]
@@ -382,6 +394,9 @@ def _compose_bridge():
     assert env.get("ENABLE_RABBITMQ") == "true", "ENABLE_RABBITMQ must be true"
     assert re.search(r"\$\{JWT_SECRET:\?[^}]+\}", env.get("JWT_SECRET") or ""), "JWT_SECRET must use ${JWT_SECRET:?message}"
     url = env.get("RABBITMQ_URL") or ""
+    assert re.search(r"://[^:@/]+:\$\{[A-Z_]+:\?[^}]+\}@", url), "the RABBITMQ_URL password must use ${VAR:?message}, with no fallback"
+    for name, value in env.items():
+        assert not re.search(r"\$\{[A-Z_]*(PASSWORD|SECRET)[A-Z_]*:?-", value or ""), f"{name}: a password or secret with a fallback value"
     m = re.fullmatch(r"amqps?://([^:@/]+)(?::[^@]*)?@([^:/]+)(?::\d+)?/([^?]*)(\?.*)?", url)
     assert m, f"RABBITMQ_URL {url!r} not understood"
     assert m.group(1) == BRIDGE_USER, f"RABBITMQ_URL user {m.group(1)} != {BRIDGE_USER}"
@@ -558,15 +573,17 @@ def _per_pod_queue():
 check("k8s deployment: per-pod queue via downward API, allowed by the broker permissions", _per_pod_queue)
 
 def _secret_refs():
-    secret = one("Secret")
+    assert "Secret" not in k8s, "a Secret in deploy/k8s/ would be applied by `kubectl apply -f deploy/k8s/`"
+    secret = doc("k8s-secret.example.yaml")[0]
+    assert secret.get("kind") == "Secret", "k8s-secret.example.yaml is not a Secret"
     keys = set((secret.get("stringData") or {}) | (secret.get("data") or {}))
     env = k8s_env(container())
     for name in ("JWT_SECRET", "RABBITMQ_URL"):
         ref = env.get(name, {}).get("valueFrom", {}).get("secretKeyRef")
         assert ref, f"{name} must come from a Secret"
         assert ref["name"] == secret["metadata"]["name"], f"{name}: Secret {ref['name']} is not the example's"
-        assert ref["key"] in keys, f"{name}: key {ref['key']} missing in secret.example.yaml"
-check("k8s: JWT_SECRET and RABBITMQ_URL from the Secret in secret.example.yaml", _secret_refs)
+        assert ref["key"] in keys, f"{name}: key {ref['key']} missing in k8s-secret.example.yaml"
+check("k8s: JWT_SECRET and RABBITMQ_URL from the Secret shown in k8s-secret.example.yaml, which is not applied", _secret_refs)
 
 def _service():
     svc = one("Service")
@@ -600,7 +617,7 @@ def _kustomization():
     k = one("Kustomization")
     for r in k.get("resources", []):
         assert (DEPLOY / "k8s" / r).is_file(), f"resource {r} missing"
-    assert "secret.example.yaml" not in k.get("resources", []), "the example Secret must not be applied"
+    assert not any("secret" in r for r in k.get("resources", [])), "the example Secret must not be applied"
     image = container()["image"].split(":")[0]
     for i in k.get("images", []):
         assert i["name"] == image, f"images[].name {i['name']} does not match the container image {image}"
@@ -668,7 +685,7 @@ fi
 # --- Kubernetes schemas -------------------------------------------------------------
 if kv="$(tool kubernetes-validate)" && [[ -n "$kv" ]]; then
   manifests=()
-  for f in "$DEPLOY"/k8s/*.yaml; do
+  for f in "$DEPLOY"/k8s/*.yaml "$DEPLOY"/k8s-secret.example.yaml; do
     grep -q '^kind: *Kustomization' "$f" || manifests+=("$f")
   done
   for version in "$K8S_MIN_VERSION" latest; do
@@ -732,6 +749,15 @@ EOF
   fi
 else
   skip "nginx -t (nginx not installable here)"
+fi
+
+# --- vendored crates ------------------------------------------------------------------------
+# Not deploy files, but what ships in the image: each patched dependency must be its release
+# plus its patch, nothing else.
+if out="$(bash "$ROOT/scripts/check-vendor.sh" 2>&1)"; then
+  pass "vendor/: each patched crate is its crates.io release plus its patch, nothing else"
+else
+  fail "vendor/: each patched crate is its crates.io release plus its patch, nothing else" "$out"
 fi
 
 # --- summary ------------------------------------------------------------------------------

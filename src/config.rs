@@ -52,6 +52,8 @@ pub mod defaults {
     pub const DEDUPE_WINDOW: usize = 10_000;
     pub const MAX_MESSAGE_BYTES: usize = 128 << 10;
     pub const MAX_CONNECTIONS: usize = 20_000;
+    pub const MAX_CONNECTIONS_PER_SUB: usize = 64;
+    pub const MAX_PENDING_CONNECTIONS: usize = 1024;
     pub const MAX_ROOMS_PER_SOCKET: usize = 50;
     pub const JOIN_RATE_PER_SEC: u32 = 20;
     pub const SOCKET_BUFFER: usize = 4096;
@@ -94,6 +96,8 @@ struct RawEnv {
     cors_origins: Option<String>,
     max_message_bytes: Option<String>,
     max_connections: Option<String>,
+    max_connections_per_sub: Option<String>,
+    max_pending_connections: Option<String>,
     max_rooms_per_socket: Option<String>,
     join_rate_per_sec: Option<String>,
     socket_buffer: Option<String>,
@@ -147,25 +151,48 @@ impl std::fmt::Debug for BrokerUrl {
 }
 
 /// Masks the password of `scheme://user:password@host…`.
+///
+/// The userinfo ends at the last `@` before the path: a password may itself hold `/`, `@`, `?`
+/// or `#` (unescaped, as people paste them), so the authority cannot end at the first `/`.
 fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
     let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => match rest[..at].find(':') {
-            Some(colon) => format!(
-                "{}{}:***{}",
-                &url[..scheme_end + 3],
-                &rest[..colon],
-                &rest[at..]
-            ),
-            None => url.to_owned(),
-        },
+    // Host, port and path never contain `@`; the userinfo is everything before the last one.
+    let Some(at) = rest.rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &rest[..colon],
+            &rest[at..]
+        ),
         None => url.to_owned(),
     }
 }
+
+/// Secrets that ship in this repository's examples, docs and tests: anyone can read them, so
+/// none of them may guard a daemon that listens beyond loopback.
+const PLACEHOLDER_SECRETS: &[&str] = &[
+    "change-me-to-a-long-random-secret",
+    "replace-with-at-least-32-random-bytes",
+    "change-me-admin",
+    "change-me-bridge",
+    "change-me-producer",
+    "integration-test-secret-0123456789abcdef",
+    "devsecret",
+    "s3cret",
+];
+
+/// Shortest `JWT_SECRET` accepted on a non-loopback `HOST`: HS256 wants a key of at least the
+/// hash's 32 bytes (RFC 7518 section 3.2).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Why `AuthMode::Disabled` holds in dev mode: `JWT_SECRET` unset on a loopback `HOST`.
+pub const DEV_MODE: &str = "JWT_SECRET is unset and HOST is a loopback address (dev mode)";
 
 #[derive(Debug, Clone)]
 pub struct RabbitConfig {
@@ -209,6 +236,14 @@ pub enum AuthMode {
     Disabled(&'static str),
 }
 
+impl AuthMode {
+    /// Auth is off only because `JWT_SECRET` is unset on loopback (not `AUTH_DISABLED=true`):
+    /// such a daemon must never answer a request that came through a proxy.
+    pub fn is_dev_mode(&self) -> bool {
+        matches!(self, AuthMode::Disabled(reason) if *reason == DEV_MODE)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Pretty,
@@ -236,6 +271,10 @@ pub struct HistoryConfig {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Sockets one token subject (`sub`) may hold at once, so one token cannot take every slot.
+    pub max_connections_per_sub: usize,
+    /// Engine.IO sessions that have not (yet) completed a Socket.IO CONNECT.
+    pub max_pending_connections: usize,
     pub max_rooms_per_socket: usize,
     pub join_rate_per_sec: u32,
     /// Packets queued for one socket before it counts as stalled and is disconnected.
@@ -372,10 +411,13 @@ fn auth_mode(raw: &RawEnv, host: &str) -> Result<AuthMode, ConfigError> {
     let secret = raw.jwt_secret.clone().filter(|s| !s.is_empty());
     match (secret, auth_disabled) {
         (_, true) => Ok(AuthMode::Disabled("AUTH_DISABLED=true")),
-        (Some(secret), false) => Ok(AuthMode::Required(Secret(secret))),
-        (None, false) if is_loopback(host) => Ok(AuthMode::Disabled(
-            "JWT_SECRET is unset and HOST is a loopback address (dev mode)",
-        )),
+        (Some(secret), false) => {
+            if !is_loopback(host) {
+                check_secret_strength(&secret)?;
+            }
+            Ok(AuthMode::Required(Secret(secret)))
+        }
+        (None, false) if is_loopback(host) => Ok(AuthMode::Disabled(DEV_MODE)),
         (None, false) => Err(ConfigError::new(
             "JWT_SECRET",
             format!(
@@ -507,6 +549,20 @@ fn limits(raw: &RawEnv) -> Result<Limits, ConfigError> {
             1,
             10_000_000,
         )?,
+        max_connections_per_sub: parse_num(
+            "MAX_CONNECTIONS_PER_SUB",
+            raw.max_connections_per_sub.clone(),
+            defaults::MAX_CONNECTIONS_PER_SUB,
+            1,
+            10_000_000,
+        )?,
+        max_pending_connections: parse_num(
+            "MAX_PENDING_CONNECTIONS",
+            raw.max_pending_connections.clone(),
+            defaults::MAX_PENDING_CONNECTIONS,
+            1,
+            10_000_000,
+        )?,
         max_rooms_per_socket: parse_num(
             "MAX_ROOMS_PER_SOCKET",
             raw.max_rooms_per_socket.clone(),
@@ -605,6 +661,29 @@ fn parse_age(
 /// 17 % fewer `GET /api/notifications` per second.
 fn default_worker_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// On a non-loopback `HOST`, a guessable `JWT_SECRET` is as good as none: anyone who can reach
+/// the port can mint an admin token.
+fn check_secret_strength(secret: &str) -> Result<(), ConfigError> {
+    if PLACEHOLDER_SECRETS.contains(&secret.trim()) {
+        return Err(ConfigError::new(
+            "JWT_SECRET",
+            "is an example value from this repository; use a long random secret \
+             (e.g. `openssl rand -hex 32`)",
+        ));
+    }
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(ConfigError::new(
+            "JWT_SECRET",
+            format!(
+                "is {} bytes; a non-loopback HOST needs at least {MIN_SECRET_BYTES} \
+                 (e.g. `openssl rand -hex 32`)",
+                secret.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn parse_bool(
@@ -875,12 +954,119 @@ mod tests {
         }
     }
 
+    const STRONG: &str = "7f3c9a1e5b2d8f4a6c0e9b1d3f5a7c9e";
+
+    #[test]
+    fn a_public_host_refuses_a_short_or_example_secret() {
+        for weak in ["s", "0123456789abcdef0123456789abcde"] {
+            let err = config(&[("HOST", "0.0.0.0"), ("JWT_SECRET", weak)]).unwrap_err();
+            assert_eq!(err.variable, "JWT_SECRET");
+            assert!(err.to_string().contains("32"), "{err}");
+            if weak.len() > 1 {
+                assert!(
+                    !err.to_string().contains(weak),
+                    "the secret is not printed: {err}"
+                );
+            }
+        }
+        for placeholder in PLACEHOLDER_SECRETS {
+            let err = config(&[("HOST", "10.0.0.5"), ("JWT_SECRET", placeholder)]).unwrap_err();
+            assert_eq!(err.variable, "JWT_SECRET", "{placeholder}");
+            assert!(!err.to_string().contains(placeholder), "{err}");
+        }
+        // Every secret the repository ships is in the list (the .env.example one included).
+        let example = include_str!("../.env.example");
+        let shipped = example
+            .lines()
+            .find_map(|l| l.trim_start_matches('#').strip_prefix("JWT_SECRET="))
+            .expect(".env.example shows a JWT_SECRET");
+        assert!(PLACEHOLDER_SECRETS.contains(&shipped), "{shipped}");
+        // Exactly 32 random bytes is enough; loopback keeps accepting a short development one.
+        assert!(matches!(
+            config(&[("HOST", "0.0.0.0"), ("JWT_SECRET", STRONG)])
+                .unwrap()
+                .auth,
+            AuthMode::Required(_)
+        ));
+        assert!(matches!(
+            config(&[("JWT_SECRET", "devsecret")]).unwrap().auth,
+            AuthMode::Required(_)
+        ));
+    }
+
+    #[test]
+    fn only_an_unset_secret_on_loopback_is_dev_mode() {
+        assert!(config(&[]).unwrap().auth.is_dev_mode());
+        assert!(
+            !config(&[("AUTH_DISABLED", "true")])
+                .unwrap()
+                .auth
+                .is_dev_mode()
+        );
+        assert!(
+            !config(&[("HOST", "0.0.0.0"), ("AUTH_DISABLED", "true")])
+                .unwrap()
+                .auth
+                .is_dev_mode()
+        );
+        assert!(!config(&[("JWT_SECRET", "x")]).unwrap().auth.is_dev_mode());
+    }
+
+    #[test]
+    fn connection_caps_are_validated() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.limits.max_connections_per_sub, 64);
+        assert_eq!(c.limits.max_pending_connections, 1024);
+        for var in ["MAX_CONNECTIONS_PER_SUB", "MAX_PENDING_CONNECTIONS"] {
+            for bad in ["0", "many", "-1"] {
+                assert_eq!(config(&[(var, bad)]).unwrap_err().variable, var, "{bad}");
+            }
+        }
+        let c = config(&[
+            ("MAX_CONNECTIONS_PER_SUB", "3"),
+            ("MAX_PENDING_CONNECTIONS", "7"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                c.limits.max_connections_per_sub,
+                c.limits.max_pending_connections
+            ),
+            (3, 7)
+        );
+    }
+
+    #[test]
+    fn redaction_finds_the_userinfo_by_its_last_at() {
+        for (url, password) in [
+            ("amqp://bridge:pa/ss@mq.example.com:5672/%2f", "pa/ss"),
+            ("amqp://bridge:p@ss@mq.example.com/notify", "p@ss"),
+            ("amqp://bridge:p?a#ss@mq.example.com/notify", "p?a#ss"),
+            ("amqps://bridge:a/b@c?d#e@mq:5671/v", "a/b@c?d#e"),
+            ("amqp://bridge:plain@mq/%2f", "plain"),
+        ] {
+            let redacted = redact_url(url);
+            assert!(!redacted.contains(password), "{url} -> {redacted}");
+            assert!(
+                redacted.starts_with("amqp") && redacted.contains("bridge:***@mq"),
+                "{redacted}"
+            );
+        }
+        assert_eq!(
+            redact_url("amqp://bridge:pa/ss@mq.example.com:5672/%2f"),
+            "amqp://bridge:***@mq.example.com:5672/%2f"
+        );
+        // No userinfo, or a user without a password: nothing to hide.
+        assert_eq!(redact_url("amqp://mq:5672/%2f"), "amqp://mq:5672/%2f");
+        assert_eq!(redact_url("amqp://bridge@mq/%2f"), "amqp://bridge@mq/%2f");
+    }
+
     #[test]
     fn a_public_host_needs_a_secret_or_an_explicit_opt_out() {
         let err = config(&[("HOST", "0.0.0.0")]).unwrap_err();
         assert_eq!(err.variable, "JWT_SECRET");
         assert!(matches!(
-            config(&[("HOST", "0.0.0.0"), ("JWT_SECRET", "s")])
+            config(&[("HOST", "0.0.0.0"), ("JWT_SECRET", STRONG)])
                 .unwrap()
                 .auth,
             AuthMode::Required(_)

@@ -1,19 +1,27 @@
-//! HTTP routes (contract section 6): config, polling, ingest, health, metrics, static pages.
+//! HTTP routes (contract section 6): config, polling, ingest, health, metrics, static pages;
+//! the [`guard`] every request passes first; and [`serve`], the connection loop.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::{Service, ServiceExt};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::services::ServeDir;
 use tower_http::timeout::TimeoutLayer;
@@ -28,6 +36,16 @@ use crate::rooms::Room;
 /// API requests that take longer than this are answered 408: nothing here should take long,
 /// except ingest, whose broker confirm is bounded at 5 s.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// A client that has not sent a whole request head within this long is disconnected (a
+/// slowloris client sends a header byte now and then to hold a connection forever).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Headers that a proxy adds: a dev-mode daemon (auth off) that sees one is being reached
+/// through a proxy, so possibly from the internet (contract section 1).
+const PROXY_HEADERS: [&str; 4] = ["x-forwarded-for", "forwarded", "x-real-ip", "via"];
+/// What the pages may load and who may frame them: only this origin, websockets back to it,
+/// and no framing at all (clickjacking).
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; connect-src 'self' ws: wss:; \
+    img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
 
@@ -128,10 +146,7 @@ pub fn cors(origins: &CorsOrigins) -> Option<CorsLayer> {
 /// of an established session (they carry its `sid`: polls, upgrades) are not kept, and pass
 /// as is.
 pub fn detach_handshake(request: Request) -> Request {
-    let is_handshake = request.uri().path().starts_with("/socket.io")
-        && !form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
-            .any(|(key, _)| key == "sid");
-    if !is_handshake {
+    if !is_handshake(&request) {
         return request;
     }
     let (mut parts, body) = request.into_parts();
@@ -147,6 +162,173 @@ pub fn detach_handshake(request: Request) -> Request {
     }
     parts.headers = headers;
     Request::from_parts(parts, body)
+}
+
+/// A request that opens an Engine.IO session: `/socket.io` without a `sid` (polling or
+/// websocket). Requests of an established session carry its `sid`.
+fn is_handshake(request: &Request) -> bool {
+    request.uri().path().starts_with("/socket.io")
+        && !form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+            .any(|(key, _)| key == "sid")
+}
+
+/// In front of everything, Socket.IO included: refuses proxied requests in dev mode, foreign
+/// `Origin`s and handshakes over `MAX_PENDING_CONNECTIONS`, and adds the browser security
+/// headers to every answer.
+pub async fn guard(State(app): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    let mut response = match admit(&app, &mut request) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => refusal.into_response(),
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    response
+}
+
+fn admit(app: &AppState, request: &mut Request) -> Result<(), ApiError> {
+    if app.config.auth.is_dev_mode()
+        && let Some(name) = PROXY_HEADERS
+            .into_iter()
+            .find(|name| request.headers().contains_key(*name))
+    {
+        tracing::warn!(
+            header = name,
+            path = request.uri().path(),
+            "dev mode (auth off): refused a request that came through a proxy"
+        );
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "authentication is off (JWT_SECRET unset on a loopback HOST): requests through \
+             a proxy are refused; set JWT_SECRET",
+        ));
+    }
+    if !is_handshake(request) {
+        return Ok(());
+    }
+    if let Some(origin) = request.headers().get(header::ORIGIN)
+        && !origin_allowed(&app.config.cors, origin, request)
+    {
+        tracing::debug!(?origin, "Socket.IO handshake refused: origin not allowed");
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this origin may not open a Socket.IO connection (CORS_ORIGINS)",
+        ));
+    }
+    let Some(pending) = app.connections.begin_handshake() else {
+        tracing::warn!(
+            limit = app.config.limits.max_pending_connections,
+            "Socket.IO handshake refused: MAX_PENDING_CONNECTIONS sessions await CONNECT"
+        );
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_full",
+            "too many connections are being opened; retry later",
+        ));
+    };
+    request.extensions_mut().insert(pending);
+    Ok(())
+}
+
+/// The same origin (the `Origin`'s host and port are the request's `Host`), or one that
+/// `CORS_ORIGINS` allows. Websockets are outside CORS, so this is their only origin check.
+fn origin_allowed(cors: &CorsOrigins, origin: &HeaderValue, request: &Request) -> bool {
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim_end_matches('/');
+    let listed = match cors {
+        CorsOrigins::Any => return true,
+        CorsOrigins::SameOrigin => false,
+        CorsOrigins::List(list) => list.iter().any(|o| o.eq_ignore_ascii_case(origin)),
+    };
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()));
+    let same = match (origin.split_once("://"), host) {
+        (Some((_scheme, authority)), Some(host)) => authority.eq_ignore_ascii_case(host),
+        _ => false,
+    };
+    listed || same
+}
+
+/// Serves `service` on `listener` until `stop` is cancelled, then waits for open connections
+/// to finish. Like `axum::serve` (HTTP/1.1, websocket upgrades, graceful shutdown), plus
+/// TCP_NODELAY and a timer, so that hyper enforces [`HEADER_READ_TIMEOUT`]: without a timer it
+/// silently has no header timeout at all.
+pub async fn serve<S>(listener: TcpListener, service: S, stop: CancellationToken)
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    // Every connection task holds a receiver; once all are gone, every connection has ended.
+    let (open_tx, open_rx) = tokio::sync::watch::channel(());
+    loop {
+        let tcp = tokio::select! {
+            // Stop accepting; open connections are finished below.
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _peer)) => tcp,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait instead of spinning (as axum).
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
+        // Notifications are small writes that must leave at once: without TCP_NODELAY,
+        // Nagle's algorithm holds them back waiting for the previous write's ACK (a 10 ms p99
+        // measured).
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
+        let service = service
+            .clone()
+            .map_request(|request: axum::http::Request<Incoming>| request.map(Body::new));
+        let connection = builder
+            .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service))
+            .with_upgrades();
+        let stop = stop.clone();
+        let open = open_rx.clone();
+        tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::trace!(%error, "connection ended with an error");
+                    }
+                }
+                // Finish the request in flight, then close (keep-alive connections at once).
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    drop(open_rx);
+    open_tx.closed().await;
 }
 
 async fn track(
@@ -209,12 +391,24 @@ async fn poll(
     let mut limit = DEFAULT_LIMIT;
     for (key, value) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
         match &*key {
-            "room" => rooms.push(Room::parse(&value).map_err(|_| {
-                ApiError::bad_request(
-                    "invalid_room",
-                    format!("{value:?} is not a valid room name"),
-                )
-            })?),
+            "room" => {
+                // Every room is read under the history lock: as many as a socket may join.
+                if rooms.len() == app.config.limits.max_rooms_per_socket {
+                    return Err(ApiError::bad_request(
+                        "too_many_rooms",
+                        format!(
+                            "at most {} rooms per request (MAX_ROOMS_PER_SOCKET)",
+                            app.config.limits.max_rooms_per_socket
+                        ),
+                    ));
+                }
+                rooms.push(Room::parse(&value).map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_room",
+                        format!("{value:?} is not a valid room name"),
+                    )
+                })?)
+            }
             "after" => after = Some(value.into_owned()),
             "limit" => {
                 limit = value
@@ -266,6 +460,13 @@ async fn ingest(
             "only the service role may publish",
         ));
     }
+    if !is_json(&headers) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be sent as Content-Type: application/json",
+        ));
+    }
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::from(Rejection::TooLarge),
         _ => ApiError::bad_request("invalid_body", rejection.body_text()),
@@ -284,10 +485,20 @@ async fn ingest(
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "broker_unavailable",
-                "the broker did not confirm the notification; retry later",
+                "the message broker did not confirm the notification; retry later",
             )
         })?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": true }))).into_response())
+}
+
+/// `application/json`, with or without parameters (`; charset=utf-8`). A browser can send a
+/// cross-origin `text/plain` POST without a preflight; it cannot send this one.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
 async fn api_not_found() -> ApiError {
@@ -330,7 +541,6 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::body::Body;
 
     fn request(uri: &str) -> Request {
         let mut request = Request::builder()
@@ -372,6 +582,61 @@ mod tests {
             "cookie and origin are not kept"
         );
         assert_eq!(detached.extensions().get::<u32>(), Some(&42));
+    }
+
+    #[test]
+    fn json_content_types() {
+        for (value, ok) in [
+            ("application/json", true),
+            ("Application/JSON; charset=utf-8", true),
+            ("text/plain", false),
+            ("application/x-www-form-urlencoded", false),
+            ("application/jsonp", false),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+            assert_eq!(is_json(&headers), ok, "{value}");
+        }
+        assert!(!is_json(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn handshake_origins() {
+        let handshake = |origin: &str| {
+            let request = Request::builder()
+                .uri("/socket.io/?EIO=4&transport=polling")
+                .header(header::HOST, "bridge.example.com:3000")
+                .header(header::ORIGIN, origin)
+                .body(Body::empty())
+                .unwrap();
+            let origin = request.headers()[header::ORIGIN].clone();
+            (request, origin)
+        };
+        let list = CorsOrigins::List(vec!["https://app.example.com".into()]);
+        for (cors, origin, allowed) in [
+            (
+                &CorsOrigins::SameOrigin,
+                "http://bridge.example.com:3000",
+                true,
+            ),
+            (
+                &CorsOrigins::SameOrigin,
+                "https://BRIDGE.example.com:3000",
+                true,
+            ),
+            (&CorsOrigins::SameOrigin, "https://evil.example", false),
+            (&CorsOrigins::SameOrigin, "null", false),
+            (&list, "https://app.example.com", true),
+            (&list, "https://app.example.com.evil.example", false),
+            (&CorsOrigins::Any, "https://evil.example", true),
+        ] {
+            let (request, value) = handshake(origin);
+            assert_eq!(
+                origin_allowed(cors, &value, &request),
+                allowed,
+                "{cors:?} {origin}"
+            );
+        }
     }
 
     #[test]

@@ -43,8 +43,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
-use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -66,6 +64,8 @@ pub(crate) struct AppState {
     pub readiness: Readiness,
     /// Present when `ENABLE_RABBITMQ=true`: ingest publishes through it.
     pub broker: Option<Arc<Broker>>,
+    /// Socket.IO connection caps (`MAX_CONNECTIONS`, per `sub`, pending handshakes).
+    pub connections: Arc<socket::Connections>,
 }
 
 impl AppState {
@@ -78,13 +78,8 @@ impl AppState {
     }
 }
 
-/// Largest Socket.IO packet a client may send: clients only send `join-room` / `leave-room`.
-const MAX_CLIENT_PACKET_BYTES: usize = 16 * 1024;
 /// On shutdown, how long sockets get to receive what was already emitted before they close.
 const SOCKET_FLUSH_GRACE: Duration = Duration::from_millis(500);
-/// Read buffer of each websocket: clients send only small `join-room` / `leave-room` packets
-/// (~100 bytes); a larger one (up to 16 KiB) grows the buffer while it is read.
-const WS_READ_BUFFER_BYTES: usize = 512;
 /// How often idle history rooms are looked for.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
 /// Packets of a socket's queue kept free for live traffic while a join replays into it.
@@ -103,20 +98,8 @@ pub async fn run(
 
     let metrics = Arc::new(Metrics::new());
     metrics.record_config(&config);
-    // A socket's buffer must hold a full replay of one room on top of live traffic.
-    let socket_buffer = config
-        .limits
-        .socket_buffer
-        .max(config.history.per_room + 32);
-    let (socket_layer, io) = SocketIo::builder()
-        .max_buffer_size(socket_buffer)
-        .ping_interval(config.limits.ping_interval)
-        .ping_timeout(config.limits.ping_timeout)
-        .max_payload(MAX_CLIENT_PACKET_BYTES as u64)
-        .ws_max_message_size(MAX_CLIENT_PACKET_BYTES)
-        // Every idle connection keeps one; clients only send small join/leave packets.
-        .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
-        .build_layer();
+    let socket_buffer = socket::buffer_size(&config);
+    let (socket_layer, io) = socket::layer(&config);
     metrics.watch_transports(&io);
     let ledger = if config.enable_rabbitmq {
         Ledger::streamed(
@@ -154,6 +137,7 @@ pub async fn run(
         (Readiness::without_broker(), None)
     };
 
+    let connections = socket::Connections::new(&config.limits, metrics.sockets_connected.clone());
     let app = Arc::new(AppState {
         auth: Authenticator::new(&config.auth),
         config,
@@ -161,12 +145,17 @@ pub async fn run(
         metrics,
         readiness: readiness.clone(),
         broker: broker.clone(),
+        connections,
     });
     socket::attach(&io, app.clone());
 
     // Socket.IO sits in front of the router, on handshakes detached from the connection's read
-    // buffer (see `http::detach_handshake`); CORS covers both.
+    // buffer (see `http::detach_handshake`); CORS covers both, and `http::guard` everything.
     let service = tower::ServiceBuilder::new()
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            http::guard,
+        ))
         .map_response(|response: axum::http::Response<_>| response.map(axum::body::Body::new))
         .option_layer(http::cors(&app.config.cors))
         .map_request(http::detach_handshake)
@@ -205,16 +194,8 @@ pub async fn run(
     }
 
     let server_stop = CancellationToken::new();
-    // Notifications are small writes that must leave at once: without TCP_NODELAY, Nagle's
-    // algorithm holds them back waiting for the previous write's ACK (a 10 ms p99 measured).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "could not set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(listener, tower::make::Shared::new(service))
-        .with_graceful_shutdown(server_stop.clone().cancelled_owned());
-    let mut server = tokio::spawn(server.into_future());
+    let server = http::serve(listener, service, server_stop.clone());
+    let mut server = tokio::spawn(server);
     tracing::info!(
         %address,
         version = env!("CARGO_PKG_VERSION"),
@@ -226,10 +207,11 @@ pub async fn run(
 
     tokio::select! {
         _ = shutdown.cancelled() => {}
-        // The server only ends by itself on a fatal accept error.
+        // The server only ends by itself if its task panicked.
         result = &mut server => {
             tasks.cancel();
-            return result.context("HTTP server task")?.context("HTTP server");
+            result.context("HTTP server task")?;
+            anyhow::bail!("the HTTP server stopped");
         }
     }
 

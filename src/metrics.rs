@@ -36,6 +36,11 @@ pub struct DeadLetterLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DisconnectLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub method: String,
     pub route: String,
@@ -119,6 +124,8 @@ pub struct Metrics {
     /// Seconds from the notification's timestamp to its emit.
     pub delivery_lag: Histogram,
     pub http_requests: Family<HttpLabels, Counter>,
+    /// Connected sockets that went away, by Socket.IO's reason.
+    pub sockets_disconnected: Family<DisconnectLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -288,6 +295,13 @@ impl Metrics {
             http_requests.clone(),
         );
 
+        let sockets_disconnected = Family::default();
+        registry.register(
+            "sockets_disconnected",
+            "Socket.IO sockets that disconnected, by reason",
+            sockets_disconnected.clone(),
+        );
+
         Self {
             registry,
             process,
@@ -315,6 +329,7 @@ impl Metrics {
             broker_reconnects,
             delivery_lag,
             http_requests,
+            sockets_disconnected,
         }
     }
 

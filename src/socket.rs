@@ -1,29 +1,219 @@
-//! Socket.IO (contract section 5): handshake authentication, `join-room` and `leave-room`.
+//! Socket.IO (contract section 5): the engine's set-up, handshake authentication, connection
+//! caps, `join-room` and `leave-room`.
 //!
 //! A token comes from the handshake's `auth.token` or the `token` query parameter; a refused
 //! handshake gets `connect_error` with the message `unauthorized`. Each socket may join at most
 //! `MAX_ROOMS_PER_SOCKET` rooms, at `JOIN_RATE_PER_SEC` joins a second (with a burst of as many),
 //! so one client cannot make the daemon track unbounded state for it.
+//!
+//! Connections are bounded before any token is read: a client frame or packet is at most
+//! [`MAX_CLIENT_PACKET_BYTES`] (judged from the websocket frame header), at most
+//! `MAX_PENDING_CONNECTIONS` Engine.IO sessions may wait for their Socket.IO CONNECT, and each
+//! gives up after [`CONNECT_TIMEOUT`]. A connected socket holds a [`Slot`] of
+//! `MAX_CONNECTIONS` and of its subject's `MAX_CONNECTIONS_PER_SUB`, taken in one step.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::gauge::Gauge;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
+use socketioxide::layer::SocketIoLayer;
+use socketioxide::socket::DisconnectReason;
 
 use crate::AppState;
 use crate::auth::Principal;
+use crate::config::{Config, Limits};
+use crate::metrics::DisconnectLabels;
 use crate::rooms::Room;
 
+/// Largest Socket.IO packet, websocket frame or websocket message a client may send: clients
+/// only send `join-room` / `leave-room`. A larger frame is refused from its header, before its
+/// payload is read (contract section 5).
+pub const MAX_CLIENT_PACKET_BYTES: usize = 16 * 1024;
+/// Read buffer of each websocket: clients send only small `join-room` / `leave-room` packets
+/// (~100 bytes); a larger one (up to 16 KiB) grows the buffer while it is read.
+const WS_READ_BUFFER_BYTES: usize = 512;
+/// An Engine.IO session without a successful Socket.IO CONNECT is closed after this long
+/// (socketioxide's default is 45 s): a real client sends CONNECT one round trip after the
+/// handshake, and a refused one has already been told `unauthorized`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Packets one socket's queue holds: a full replay of one room on top of live traffic.
+pub fn buffer_size(config: &Config) -> usize {
+    config
+        .limits
+        .socket_buffer
+        .max(config.history.per_room + 32)
+}
+
+/// The Socket.IO layer and its handle, with every limit a client could otherwise abuse.
+pub fn layer(config: &Config) -> (SocketIoLayer, SocketIo) {
+    SocketIo::builder()
+        .max_buffer_size(buffer_size(config))
+        .ping_interval(config.limits.ping_interval)
+        .ping_timeout(config.limits.ping_timeout)
+        .max_payload(MAX_CLIENT_PACKET_BYTES as u64)
+        .ws_max_message_size(MAX_CLIENT_PACKET_BYTES)
+        // The default (16 MiB) is buffered before any token is checked.
+        .ws_max_frame_size(MAX_CLIENT_PACKET_BYTES)
+        // Every idle connection keeps one; clients only send small join/leave packets.
+        .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .build_layer()
+}
+
+impl Refusal {
+    /// The `connect_error` message, as a metric label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::ServerFull => "server_full",
+            Refusal::TooManyForSubject => "too_many_connections",
+        }
+    }
+}
+
 /// Why a handshake was refused; the text is what the client's `connect_error` carries.
-#[derive(Debug, thiserror::Error)]
-enum Refusal {
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
     #[error("unauthorized")]
     Unauthorized,
     #[error("server_full")]
     ServerFull,
+    #[error("too_many_connections")]
+    TooManyForSubject,
+}
+
+/// Connection slots: `MAX_CONNECTIONS` in all, `MAX_CONNECTIONS_PER_SUB` per token subject,
+/// and `MAX_PENDING_CONNECTIONS` Engine.IO sessions still waiting for their CONNECT.
+pub struct Connections {
+    max_total: usize,
+    max_per_subject: usize,
+    max_pending: usize,
+    /// Checked and taken under one lock, so a burst of handshakes cannot overshoot a cap.
+    taken: Mutex<Taken>,
+    pending: Arc<AtomicUsize>,
+    /// `notify_bridge_sockets_connected`, kept equal to the slots taken.
+    gauge: Gauge,
+}
+
+#[derive(Default)]
+struct Taken {
+    total: usize,
+    /// Only subjects with at least one socket: the map is as large as the connections.
+    by_subject: HashMap<String, usize>,
+}
+
+impl Connections {
+    pub fn new(limits: &Limits, gauge: Gauge) -> Arc<Self> {
+        Arc::new(Self {
+            max_total: limits.max_connections,
+            max_per_subject: limits.max_connections_per_sub,
+            max_pending: limits.max_pending_connections,
+            taken: Mutex::new(Taken::default()),
+            pending: Arc::default(),
+            gauge,
+        })
+    }
+
+    /// Takes a slot for `principal`, or says which cap it would exceed.
+    pub fn take(self: &Arc<Self>, principal: &Principal) -> Result<Slot, Refusal> {
+        // Auth off: every client is the same anonymous subject, only the total applies.
+        let subject = match principal {
+            Principal::Anonymous => None,
+            other => Some(other.label()),
+        };
+        let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        if taken.total >= self.max_total {
+            return Err(Refusal::ServerFull);
+        }
+        if let Some(subject) = &subject {
+            let count = taken.by_subject.entry(subject.clone()).or_default();
+            if *count >= self.max_per_subject {
+                return Err(Refusal::TooManyForSubject);
+            }
+            *count += 1;
+        }
+        taken.total += 1;
+        self.gauge.set(taken.total as i64);
+        Ok(Slot {
+            owner: self.clone(),
+            subject,
+        })
+    }
+
+    fn release(&self, subject: Option<&str>) {
+        let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        taken.total = taken.total.saturating_sub(1);
+        if let Some(subject) = subject
+            && let Some(count) = taken.by_subject.get_mut(subject)
+        {
+            *count -= 1;
+            if *count == 0 {
+                taken.by_subject.remove(subject);
+            }
+        }
+        self.gauge.set(taken.total as i64);
+    }
+
+    /// Counts a new Engine.IO handshake as pending until its socket connects or goes away;
+    /// `None` when `MAX_PENDING_CONNECTIONS` are already pending.
+    pub fn begin_handshake(&self) -> Option<Arc<PendingSession>> {
+        self.pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_pending).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Arc::new(PendingSession {
+            pending: self.pending.clone(),
+            released: AtomicBool::new(false),
+        }))
+    }
+
+    /// Engine.IO sessions that have not completed a Socket.IO CONNECT.
+    #[cfg(test)]
+    fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+}
+
+/// One connected socket's share of the caps; released when dropped (at disconnect).
+pub struct Slot {
+    owner: Arc<Connections>,
+    subject: Option<String>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.owner.release(self.subject.as_deref());
+    }
+}
+
+/// Rides in the handshake request's extensions, which Engine.IO keeps for the session's life:
+/// the session counts as pending until CONNECT succeeds or the session (and with it the
+/// request) is dropped, whichever comes first.
+pub struct PendingSession {
+    pending: Arc<AtomicUsize>,
+    released: AtomicBool,
+}
+
+impl PendingSession {
+    fn connected(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for PendingSession {
+    fn drop(&mut self) {
+        self.connected();
+    }
 }
 
 pub fn attach(io: &SocketIo, app: Arc<AppState>) {
@@ -47,34 +237,40 @@ fn authenticate(
     socket: &SocketRef,
     auth: Option<Value>,
 ) -> Result<(), Refusal> {
-    if app.metrics.sockets_connected.get() as usize >= app.config.limits.max_connections {
-        tracing::warn!(
-            limit = app.config.limits.max_connections,
-            "connection refused: MAX_CONNECTIONS reached"
-        );
-        app.metrics.connection_refused("server_full");
-        return Err(Refusal::ServerFull);
-    }
     let from_auth = auth
         .as_ref()
         .and_then(|a| a.get("token"))
         .and_then(Value::as_str)
         .map(str::to_owned);
     let token = from_auth.or_else(|| query_token(socket.req_parts().uri.query()));
-    match app.auth.authenticate(token.as_deref()) {
-        Ok(principal) => {
-            socket.extensions.insert(principal);
-            // Before CONNECT is sent, so a client that emits `join-room` the moment it is
-            // connected always finds the handler.
-            register_events(app, socket);
-            Ok(())
-        }
+    let principal = match app.auth.authenticate(token.as_deref()) {
+        Ok(principal) => principal,
         Err(error) => {
             tracing::debug!(sid = %socket.id, %error, "socket refused");
             app.metrics.connection_refused("unauthorized");
-            Err(Refusal::Unauthorized)
+            return Err(Refusal::Unauthorized);
         }
+    };
+    let slot = app.connections.take(&principal).inspect_err(|refusal| {
+        app.metrics.connection_refused(refusal.code());
+        tracing::warn!(
+            who = %principal.label(),
+            max_connections = app.config.limits.max_connections,
+            max_connections_per_sub = app.config.limits.max_connections_per_sub,
+            %refusal,
+            "connection refused: a connection cap is reached"
+        );
+    })?;
+    if let Some(pending) = socket.req_parts().extensions.get::<Arc<PendingSession>>() {
+        pending.connected();
     }
+    // Dropped at disconnect (`count_connection`), or with the socket if it never gets there.
+    socket.extensions.insert(Arc::new(slot));
+    socket.extensions.insert(principal);
+    // Before CONNECT is sent, so a client that emits `join-room` the moment it is
+    // connected always finds the handler.
+    register_events(app, socket);
+    Ok(())
 }
 
 fn query_token(query: Option<&str>) -> Option<String> {
@@ -84,12 +280,33 @@ fn query_token(query: Option<&str>) -> Option<String> {
 }
 
 fn count_connection(app: &AppState, socket: &SocketRef) {
-    app.metrics.sockets_connected.inc();
     let metrics = app.metrics.clone();
-    socket.on_disconnect(move || {
-        metrics.sockets_connected.dec();
+    socket.on_disconnect(move |socket: SocketRef, reason: DisconnectReason| {
+        // Frees the socket's share of MAX_CONNECTIONS and MAX_CONNECTIONS_PER_SUB at once,
+        // rather than whenever the last reference to the socket goes.
+        drop(socket.extensions.remove::<Arc<Slot>>());
+        let reason = DisconnectLabels {
+            reason: reason_label(reason),
+        };
+        metrics.sockets_disconnected.get_or_create(&reason).inc();
         async {}
     });
+}
+
+/// A bounded metric label for each reason a socket can go away for.
+fn reason_label(reason: DisconnectReason) -> &'static str {
+    match reason {
+        DisconnectReason::TransportClose => "transport_close",
+        DisconnectReason::MultipleHttpPollingError => "multiple_http_polling",
+        DisconnectReason::PacketParsingError => "packet_parsing",
+        DisconnectReason::TransportError => "transport_error",
+        DisconnectReason::HeartbeatTimeout => "heartbeat_timeout",
+        // A client that stopped reading (patched socketioxide/engineioxide, vendor/README.md).
+        DisconnectReason::QueueOverflow => "queue_overflow",
+        DisconnectReason::ClientNSDisconnect => "client_disconnect",
+        DisconnectReason::ServerNSDisconnect => "server_disconnect",
+        DisconnectReason::ClosingServer => "closing_server",
+    }
 }
 
 fn register_events(app: &Arc<AppState>, socket: &SocketRef) {
@@ -253,7 +470,6 @@ impl JoinLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn the_limiter_allows_a_burst_then_the_rate() {
@@ -267,6 +483,91 @@ mod tests {
         assert!(!limiter.try_take(start));
         assert!(limiter.try_take(start + Duration::from_millis(200)));
         assert!(!limiter.try_take(start + Duration::from_millis(200)));
+    }
+
+    fn limits(total: usize, per_subject: usize, pending: usize) -> Limits {
+        let mut limits = crate::config::Config::from_vars([("X", "")])
+            .unwrap()
+            .limits;
+        limits.max_connections = total;
+        limits.max_connections_per_sub = per_subject;
+        limits.max_pending_connections = pending;
+        limits
+    }
+
+    fn customer(id: &str) -> Principal {
+        Principal::Customer { id: id.into() }
+    }
+
+    #[test]
+    fn a_burst_from_many_threads_never_takes_more_than_max_connections() {
+        let gauge = Gauge::default();
+        let connections = Connections::new(&limits(50, 1000, 10), gauge.clone());
+        let slots: Vec<Slot> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..8)
+                .map(|_| {
+                    let connections = &connections;
+                    scope.spawn(move || {
+                        (0..40)
+                            .filter_map(|_| connections.take(&Principal::Anonymous).ok())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect()
+        });
+        assert_eq!(slots.len(), 50);
+        assert_eq!(gauge.get(), 50);
+        assert_eq!(
+            connections.take(&Principal::Anonymous).err(),
+            Some(Refusal::ServerFull)
+        );
+        drop(slots);
+        assert_eq!(gauge.get(), 0);
+        assert!(connections.take(&Principal::Anonymous).is_ok());
+    }
+
+    #[test]
+    fn one_subject_cannot_take_more_than_its_share() {
+        let connections = Connections::new(&limits(100, 2, 10), Gauge::default());
+        let a1 = connections.take(&customer("a")).unwrap();
+        let _a2 = connections.take(&customer("a")).unwrap();
+        assert_eq!(
+            connections.take(&customer("a")).err(),
+            Some(Refusal::TooManyForSubject)
+        );
+        // Others are not affected, and a freed slot can be taken again.
+        assert!(connections.take(&customer("b")).is_ok());
+        drop(a1);
+        assert!(connections.take(&customer("a")).is_ok());
+        // With auth off, every client is anonymous: only the total applies.
+        let anonymous: Vec<_> = (0..5)
+            .map(|_| connections.take(&Principal::Anonymous).unwrap())
+            .collect();
+        assert_eq!(anonymous.len(), 5);
+    }
+
+    #[test]
+    fn pending_handshakes_are_capped_and_freed_by_connect_or_drop() {
+        let connections = Connections::new(&limits(100, 10, 2), Gauge::default());
+        let first = connections.begin_handshake().unwrap();
+        let second = connections.begin_handshake().unwrap();
+        assert!(connections.begin_handshake().is_none());
+        first.connected();
+        first.connected();
+        assert_eq!(connections.pending(), 1, "connected once, counted once");
+        drop(first);
+        assert_eq!(
+            connections.pending(),
+            1,
+            "a connected session is no longer pending"
+        );
+        drop(second);
+        assert_eq!(connections.pending(), 0);
+        assert!(connections.begin_handshake().is_some());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod adversarial;
 mod bridge;
 mod browser;
 mod dead_letters;

@@ -92,6 +92,8 @@ pub enum DisconnectReason {
     TransportError,
     /// The client did not respond to the heartbeat
     HeartbeatTimeout,
+    /// The client did not read its packets fast enough: its outgoing queue overflowed
+    QueueOverflow,
     /// The server is being closed
     ClosingServer,
 }
@@ -329,9 +331,10 @@ where
                     tracing::debug!(aborted = true, "heartbeat job completed");
                 }
                 // A full queue would fail the next ping anyway; closing now lets the client
-                // reconnect (`transport close`) as soon as it reads again.
+                // reconnect (`transport close`) as soon as it reads again. A reason of its
+                // own, so that the server can tell a slow reader from a dead peer.
                 _ = self.overflowed.notified() => {
-                    self.close(DisconnectReason::HeartbeatTimeout);
+                    self.close(DisconnectReason::QueueOverflow);
                     #[cfg(feature = "tracing")]
                     tracing::debug!(id = ?self.id, "outgoing queue full: closing");
                 }
