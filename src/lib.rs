@@ -10,7 +10,8 @@
 //! - [`history`]: per-room history with epoch cursors and memory caps.
 //! - [`delivery`]: the one delivery path: dedupe, number, store, emit.
 //! - [`amqp`]: topology, consumer supervisor, dead letters, confirmed publish.
-//! - [`socket`], [`http`]: the Socket.IO and HTTP surfaces.
+//! - [`socket`], [`http`]: the Socket.IO and HTTP surfaces; [`expiry`]: tokens that end on
+//!   live sockets.
 //! - [`metrics`], [`readiness`], [`telemetry`], [`demo`], [`tools`]: operations.
 //!
 //! [`run`] starts everything on a given listener and stops on a cancellation token, so tests
@@ -22,6 +23,7 @@ pub mod config;
 pub mod delivery;
 pub mod demo;
 pub mod envelope;
+pub mod expiry;
 pub mod history;
 pub mod http;
 pub mod metrics;
@@ -57,6 +59,8 @@ pub struct AppState {
     pub readiness: Readiness,
     /// Present when `ENABLE_RABBITMQ=true`: ingest publishes through it.
     pub broker: Option<Arc<Broker>>,
+    /// When each socket's token ends (contract v2 section 5).
+    pub expiry: Arc<expiry::Expiry>,
 }
 
 /// Largest Socket.IO packet a client may send: clients only send `join-room` / `leave-room`.
@@ -118,12 +122,13 @@ pub async fn run(
     };
 
     let app = Arc::new(AppState {
-        auth: Authenticator::new(&config.auth),
+        auth: Authenticator::with_claims(&config.auth, &config.token_claims),
         config,
         delivery: delivery.clone(),
         metrics,
         readiness: readiness.clone(),
         broker: broker.clone(),
+        expiry: Arc::new(expiry::Expiry::new()),
     });
     socket::attach(&io, app.clone());
 
@@ -139,6 +144,7 @@ pub async fn run(
     let tasks = CancellationToken::new();
     let consumer = broker.map(|broker| tokio::spawn(broker.run(tasks.clone())));
     tokio::spawn(housekeeping(delivery.clone(), tasks.clone()));
+    tokio::spawn(app.expiry.clone().run(io.clone(), tasks.clone()));
     if app.config.demo {
         tokio::spawn(demo::run(delivery.clone(), tasks.clone()));
     }

@@ -1,4 +1,5 @@
-//! Socket.IO (contract section 5): handshake authentication, `join-room` and `leave-room`.
+//! Socket.IO (contract section 5): handshake authentication, `join-room`, `leave-room` and
+//! `refresh-token` (token lifetimes are in [`crate::expiry`]).
 //!
 //! A token comes from the handshake's `auth.token` or the `token` query parameter; a refused
 //! handshake gets `connect_error` with the message `unauthorized`. Each socket may join at most
@@ -14,7 +15,8 @@ use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 
 use crate::AppState;
-use crate::auth::Principal;
+use crate::auth::{Principal, Verified};
+use crate::expiry;
 use crate::rooms::Room;
 
 /// Why a handshake was refused; the text is what the client's `connect_error` carries.
@@ -60,9 +62,10 @@ fn authenticate(
         .and_then(Value::as_str)
         .map(str::to_owned);
     let token = from_auth.or_else(|| query_token(socket.req_parts().uri.query()));
-    match app.auth.authenticate(token.as_deref()) {
-        Ok(principal) => {
+    match app.auth.verify(token.as_deref()) {
+        Ok(Verified { principal, exp }) => {
             socket.extensions.insert(principal);
+            app.expiry.watch(socket, exp);
             // Before CONNECT is sent, so a client that emits `join-room` the moment it is
             // connected always finds the handler.
             register_events(app, socket);
@@ -101,7 +104,26 @@ fn register_events(app: &Arc<AppState>, socket: &SocketRef) {
             let app = for_join.clone();
             let limiter = limiter.clone();
             async move {
-                let reply = join_room(&app, &socket, arg.unwrap_or(Value::Null), &limiter);
+                // A token's authority ends at its `exp`, even in the instant before the socket
+                // is disconnected for it.
+                let reply = if expiry::has_expired(&socket) {
+                    refuse("unauthorized")
+                } else {
+                    join_room(&app, &socket, arg.unwrap_or(Value::Null), &limiter)
+                };
+                let _ = ack.send(&reply);
+            }
+        },
+    );
+    let for_refresh = app.clone();
+    socket.on(
+        "refresh-token",
+        move |socket: SocketRef, TryData(arg): TryData<Value>, ack: AckSender| {
+            let app = for_refresh.clone();
+            async move {
+                let reply = app
+                    .expiry
+                    .refresh(&app, &socket, &arg.unwrap_or(Value::Null));
                 let _ = ack.send(&reply);
             }
         },

@@ -12,3 +12,4 @@ mod operations;
 mod polling;
 mod sockets;
 mod startup;
+mod tokens;
