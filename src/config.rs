@@ -211,7 +211,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Threads of the async runtime (lapin runs the AMQP connection's I/O on a thread of its own).
     pub worker_threads: usize,
-    pub public_dir: PathBuf,
+    /// `PUBLIC_DIR`: the pages are served from this directory; `None` (unset or `embedded`, the
+    /// default): from the copy of `public/` built into the binary.
+    pub public_dir: Option<PathBuf>,
     pub demo: bool,
     pub log_filter: String,
     pub log_format: LogFormat,
@@ -408,7 +410,10 @@ impl Config {
                 1,
                 1024,
             )?,
-            public_dir: PathBuf::from(raw.public_dir.unwrap_or_else(|| "public".to_owned())),
+            public_dir: raw
+                .public_dir
+                .filter(|dir| !dir.is_empty() && dir != "embedded")
+                .map(PathBuf::from),
             demo: parse_bool("DEMO", raw.demo, false)?,
             log_filter: parse_log_filter(raw.rust_log)?,
             token_claims: parse_token_claims(raw.jwt_issuer, raw.jwt_audience)?,

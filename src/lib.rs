@@ -10,7 +10,7 @@
 //! - [`history`]: per-room history with epoch cursors and memory caps.
 //! - [`delivery`]: the one delivery path: dedupe, number, store, emit.
 //! - [`amqp`]: topology, consumer supervisor, dead letters, confirmed publish.
-//! - [`socket`], [`http`]: the Socket.IO and HTTP surfaces; [`expiry`]: tokens that end on
+//! - [`socket`], [`http`], [`pages`]: the Socket.IO and HTTP surfaces, the built-in pages; [`expiry`]: tokens that end on
 //!   live sockets.
 //! - [`metrics`], [`readiness`], [`telemetry`], [`demo`], [`tools`]: operations.
 //!
@@ -27,6 +27,7 @@ pub mod expiry;
 pub mod history;
 pub mod http;
 pub mod metrics;
+pub mod pages;
 pub mod readiness;
 pub mod rooms;
 pub mod socket;

@@ -9,6 +9,7 @@ mod faults;
 mod http_basics;
 mod node_compat;
 mod operations;
+mod pages;
 mod polling;
 mod sockets;
 mod startup;
