@@ -181,9 +181,9 @@ export function connectNotifications<Data = unknown>(options: NotifyOptions<Data
   interface Page { notifications?: Notification<Data>[]; cursor?: string; reset?: boolean }
 
   // Rooms sharing a cursor go in one request; after it they all share the answer's cursor.
-  async function pollOnce() {
+  async function pollOnce(which: string[] = activeRooms()) {
     const groups = new Map<string, string[]>();
-    for (const room of activeRooms()) {
+    for (const room of which) {
       const key = cursors.get(room) ?? '';
       groups.set(key, [...(groups.get(key) ?? []), room]);
     }
@@ -436,8 +436,20 @@ export function connectNotifications<Data = unknown>(options: NotifyOptions<Data
         }
         return joinOnSocket(room);
       }
-      if (polling) pollNow?.();
-      return true;
+      if (!polling) return true; // joined when the socket connects, or at the first poll
+      try {
+        // Alone first, so that a room the token may not read is refused without stopping the
+        // polling of the others.
+        await pollOnce([room]);
+        return true;
+      } catch (err) {
+        const e = err as Partial<ApiError>;
+        if (e.status === 400 || e.status === 403) {
+          refused.add(room);
+          report(e.code ?? 'join_failed', `${room} refused: ${e.message}`, { room });
+        }
+        return false;
+      }
     },
     async leave(room: string) {
       const at = rooms.indexOf(room);

@@ -171,6 +171,34 @@ test('join and leave change rooms on a live connection', async () => {
   });
 });
 
+test('join and leave change the rooms polled, and a refused room does not stop the others', async () => {
+  await withDaemon({ rabbit: false, vars: { POLL_INTERVAL_MS: '250' } }, async (daemon, connect) => {
+    const rec = recorder();
+    const client = connect({ token: customer('1'), rooms: ['customer:1'], ...rec.options });
+    await until('first poll', () => client.state === 'polling');
+    assert.equal(await client.join('customer:2'), false, 'another customer is forbidden');
+    assert.ok(rec.errors.some((e) => e.code === 'forbidden' && e.room === 'customer:2'));
+    const mine = unique('mine');
+    await daemon.post({ recipients: [1], messageId: mine });
+    await rec.received((n) => n.messageId === mine, 'the allowed room keeps polling');
+
+    const staff = recorder();
+    const cms = connect({ token: token({ sub: 'ops', role: 'cms' }), rooms: ['customer:1'], ...staff.options });
+    await until('first poll', () => cms.state === 'polling');
+    assert.equal(await cms.join('customer:2'), true);
+    const joined = unique('joined');
+    await daemon.post({ recipients: [2], messageId: joined });
+    await staff.received((n) => n.messageId === joined, 'the joined room is polled');
+    await cms.leave('customer:2');
+    const left = unique('left');
+    const marker = unique('marker');
+    await daemon.post({ recipients: [2], messageId: left });
+    await daemon.post({ recipients: [1], messageId: marker });
+    await staff.received((n) => n.messageId === marker, 'the remaining room');
+    assert.ok(!staff.notifications.some((n) => n.messageId === left), 'nothing from the left room');
+  });
+});
+
 test('since resumes each room from its cursor', async () => {
   await withDaemon({ rabbit: false, vars: { POLL_INTERVAL_MS: '250' } }, async (daemon, connect) => {
     const first = recorder();
