@@ -1,7 +1,10 @@
 import { useEffect, useState } from 'react';
 import { connectNotifications, type Mode, type Notification } from '@notify-bridge/client';
 
-/** The latest notifications of `rooms`, newest first, and how they arrive. */
+/**
+ * The latest notifications of `rooms`, newest first, and how they arrive. Pass a stable
+ * `getToken` (module-level or `useCallback`): a new one reconnects.
+ */
 export function useNotifications(rooms: string[], getToken: () => Promise<string>) {
   const [items, setItems] = useState<Notification[]>([]);
   const [mode, setMode] = useState<Mode>('connecting');
