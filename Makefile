@@ -1,35 +1,40 @@
 # The two entry points: `make run` (the daemon, no broker needed) and `make test` (everything).
 # Both install what they need on a fresh machine.
 
-VENDOR := public/vendor/socket.io.esm.min.js
+# npm's record of an installed node_modules: newer than the lock file once `npm ci` has run.
+NODE_DEPS := node_modules/.package-lock.json
 
 .PHONY: run demo test vendor services
 
 ## Run the daemon on http://127.0.0.1:3000 (ENABLE_RABBITMQ=false by default; DEMO=true for sample events).
-run: vendor
+run:
 	cargo run --release
 
 ## Same, with the demo feed of EV-charging events.
-demo: vendor
+demo:
 	cargo run --release -- --demo
 
 ## Every test: unit, integration against the real RabbitMQ, official socket.io-client,
-## headless Chromium, property tests, deploy-file validation, the AsyncAPI document, and the
-## Node publisher (against the daemon the cargo step built).
-test: vendor services
+## headless Chromium, property tests, deploy-file validation; then the AsyncAPI document, the
+## Node publisher and the client package (client/): tsc over their declarations and examples,
+## node's test runner against the daemon binary cargo has just built, a Chromium page built
+## from the client, npm pack into a fresh app.
+test: $(NODE_DEPS) services
 	cargo test --locked --workspace --all-targets
 	node docs/validate-asyncapi.mjs
 	node_modules/.bin/tsc --noEmit -p producer
 	node --test --test-concurrency=1 producer/test/publisher.test.mjs
+	npm run test:client
 	bash scripts/validate-deploy.sh
 
-## The official socket.io-client bundle, served to browsers from public/vendor (no CDN).
-vendor: $(VENDOR)
+## The browser bundles in public/vendor: socket.io-client's, and the client package's (esbuild).
+## They are committed (the binary embeds public/ at build time, so `cargo build` needs no npm);
+## this refreshes them after a change to client/src or an upgrade of socket.io-client.
+vendor: $(NODE_DEPS)
+	npm run vendor
 
-$(VENDOR): package.json package-lock.json
+$(NODE_DEPS): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
-	mkdir -p public/vendor
-	cp node_modules/socket.io-client/dist/socket.io.esm.min.js $(VENDOR)
 
 ## RabbitMQ on 127.0.0.1:5672, Chromium and promtool, started or installed if missing.
 services:

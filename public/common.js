@@ -1,5 +1,6 @@
 // Helpers shared by the customer page and the CMS dashboard.
-import { connectNotifications } from './notify-client.js';
+// vendor/notify-client.js is the @notify-bridge/client package (client/) bundled by esbuild.
+import { connectNotifications } from './vendor/notify-client.js';
 
 const enc = new TextEncoder();
 const b64url = (bytes) =>
@@ -132,23 +133,33 @@ export function notificationItem(n, { showRoom = false } = {}) {
   return li;
 }
 
-/** The page's query parameters; secrets among them are then dropped from the address bar so they do not linger in history. */
-export function takeParams(...secretNames) {
+/**
+ * The page's query parameters. Tokens and secrets are never read from the address (they would
+ * stay in history, logs and Referer headers); if one is there it is dropped from the address bar.
+ */
+export function pageParams() {
   const url = new URL(location.href);
-  const params = new URLSearchParams(url.search);
-  if (secretNames.some((k) => url.searchParams.has(k))) {
-    secretNames.forEach((k) => url.searchParams.delete(k));
+  if (['token', 'secret'].some((k) => url.searchParams.has(k))) {
+    url.searchParams.delete('token');
+    url.searchParams.delete('secret');
     history.replaceState(null, '', url);
   }
-  return params;
+  return url.searchParams;
+}
+
+/** The mint-a-development-token controls (`[data-dev-only]`) show only when the daemon's auth is off. */
+export function showDevControls(config) {
+  const dev = config?.authRequired === false;
+  for (const el of document.querySelectorAll('[data-dev-only]')) el.hidden = !dev;
+  if (!dev) for (const el of document.querySelectorAll('[data-dev-only] input')) el.value = '';
 }
 
 /**
- * Connect with notify-client and wire the page's mode and state badges, message line and
+ * Connect with @notify-bridge/client and wire the page's mode and state badges, message line and
  * Connect/Disconnect buttons (elements #mode, #state, #message, #connect, #disconnect).
  * @returns the connection handle, also exposed as `window.notifyConnection` for tests
  */
-function connectPage({ baseUrl, token, rooms, onNotification }) {
+function connectPage({ baseUrl, token, rooms, onNotification, onReset }) {
   const $ = (id) => document.getElementById(id);
   $('connect').disabled = true;
   $('disconnect').disabled = false;
@@ -157,6 +168,7 @@ function connectPage({ baseUrl, token, rooms, onNotification }) {
     token,
     rooms,
     onNotification,
+    onReset,
     onMode: (mode) => showMode($('mode'), mode),
     onState: (state) => {
       showState($('state'), state);

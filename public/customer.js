@@ -2,7 +2,7 @@
 import {
   wireConnectForm,
   fetchConfig, mintDevToken, resolveToken, notificationItem,
-  showMessage, takeParams,
+  showMessage, pageParams, showDevControls,
 } from './common.js';
 
 const MAX_ITEMS = 200;
@@ -11,14 +11,13 @@ const form = $('connect-form');
 const events = $('events');
 let received = 0;
 
-const params = takeParams('token', 'secret');
+const params = pageParams();
 $('base-url').value = params.get('base') || location.origin;
 $('customer-id').value = params.get('customer') || '';
-$('token').value = params.get('token') || '';
-$('secret').value = params.get('secret') || '';
 
 async function describeDaemon() {
   const config = await fetchConfig($('base-url').value);
+  showDevControls(config);
   $('auth-hint').textContent = !config ? '' : config.authRequired ? '(required)' : '(optional: auth is off)';
   $('daemon-info').textContent = !config
     ? 'unreachable'
@@ -50,7 +49,14 @@ const connect = wireConnectForm({
     received = 0;
     $('event-count').textContent = '0';
     $('empty').hidden = false;
-    return { baseUrl: $('base-url').value, token, rooms: [room], onNotification: addNotification };
+    // A gap the daemon could not fill: start the list again from what it still holds.
+    const onReset = () => {
+      events.replaceChildren();
+      received = 0;
+      $('event-count').textContent = '0';
+      $('empty').hidden = false;
+    };
+    return { baseUrl: $('base-url').value, token, rooms: [room], onNotification: addNotification, onReset };
   },
 });
 

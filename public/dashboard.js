@@ -2,7 +2,7 @@
 import {
   wireConnectForm,
   CATEGORIES, categoryOf, fetchConfig, resolveToken, notificationItem, timeOf,
-  takeParams,
+  pageParams, showDevControls,
 } from './common.js';
 
 const ROOM = 'cms:dashboard';
@@ -22,10 +22,8 @@ let todayKey;
 let minutes; // minute start (ms) → per-category counts, pruned to the last hour
 resetCounts();
 
-const params = takeParams('token', 'secret');
+const params = pageParams();
 $('base-url').value = params.get('base') || location.origin;
-$('token').value = params.get('token') || '';
-$('secret').value = params.get('secret') || '';
 
 function resetCounts() {
   totals = zero();
@@ -168,6 +166,7 @@ function addNotification(n) {
 
 async function describeDaemon() {
   const config = await fetchConfig($('base-url').value);
+  showDevControls(config);
   $('auth-hint').textContent = !config ? '(daemon unreachable)' : config.authRequired ? '(required)' : '(optional: auth is off)';
   return config;
 }
@@ -185,7 +184,14 @@ const connect = wireConnectForm({
     events.replaceChildren();
     $('empty').hidden = false;
     scheduleRedraw();
-    return { baseUrl: $('base-url').value, token, rooms: [ROOM], onNotification: addNotification };
+    // A gap the daemon could not fill: count again from what it still holds.
+    const onReset = () => {
+      resetCounts();
+      events.replaceChildren();
+      $('empty').hidden = false;
+      scheduleRedraw();
+    };
+    return { baseUrl: $('base-url').value, token, rooms: [ROOM], onNotification: addNotification, onReset };
   },
 });
 

@@ -1,12 +1,18 @@
 //! Who is asking, and which rooms they may read (contract section 4).
 //!
-//! Tokens are HS256 JWTs with a required `exp`. The same [`Authenticator`] serves Socket.IO
-//! handshakes and HTTP requests, so both apply one set of rules.
+//! Tokens are HS256 JWTs with a required `exp`, checked to the second like `nbf`; `iss` and
+//! `aud` are required when `JWT_ISSUER` / `JWT_AUDIENCE` are set. The same [`Authenticator`]
+//! serves Socket.IO handshakes, `refresh-token` and HTTP requests, so all apply one set of rules.
+//! A verified token keeps its `exp` ([`Verified`]): a live socket's authority ends there
+//! (see [`crate::expiry`]).
+
+use std::time::SystemTime;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::config::AuthMode;
+use crate::config::{AuthMode, TokenClaims};
+use crate::expiry::TokenExp;
 use crate::rooms::Room;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +85,17 @@ enum Subject {
 struct Claims {
     sub: Option<Subject>,
     role: Option<String>,
+    /// Already checked by jsonwebtoken (required, a number); kept for live sockets. A float
+    /// `exp` is allowed by RFC 7519's NumericDate.
+    exp: Option<f64>,
+}
+
+/// A token that passed every check: who it names, and when its authority ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub principal: Principal,
+    /// The token's `exp` (Unix seconds); `None` when auth is off (nothing expires).
+    pub exp: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -88,14 +105,36 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    #[cfg(test)]
     pub fn new(mode: &AuthMode) -> Self {
+        Self::with_claims(mode, &TokenClaims::default())
+    }
+
+    /// Like [`Authenticator::new`], also requiring the `iss` / `aud` of `claims` when set.
+    pub fn with_claims(mode: &AuthMode, claims: &TokenClaims) -> Self {
         let verifier = match mode {
             AuthMode::Disabled(_) => None,
             AuthMode::Required(secret) => {
                 let mut validation = Validation::new(Algorithm::HS256);
                 // `exp` is required (the default) and enforced to the second: an expired token
-                // is refused at once rather than within a minute of leeway.
+                // is refused at once rather than within a minute of leeway. The same for
+                // `nbf` (not checked by default): a token is refused until it is valid.
                 validation.leeway = 0;
+                validation.validate_nbf = true;
+                let mut required = vec!["exp"];
+                if let Some(issuer) = &claims.issuer {
+                    validation.set_issuer(&[issuer]);
+                    required.push("iss");
+                }
+                if claims.audience.is_empty() {
+                    // jsonwebtoken refuses any token with an `aud` when no audience is set;
+                    // the contract leaves `aud` unchecked then.
+                    validation.validate_aud = false;
+                } else {
+                    validation.set_audience(&claims.audience);
+                    required.push("aud");
+                }
+                validation.set_required_spec_claims(&required);
                 Some((
                     DecodingKey::from_secret(secret.expose().as_bytes()),
                     validation,
@@ -111,13 +150,38 @@ impl Authenticator {
 
     /// Establishes the caller from an optional bearer token.
     pub fn authenticate(&self, token: Option<&str>) -> Result<Principal, AuthError> {
+        self.verify(token).map(|verified| verified.principal)
+    }
+
+    /// Establishes the caller and its token's `exp` from an optional bearer token.
+    pub fn verify(&self, token: Option<&str>) -> Result<Verified, AuthError> {
         let Some((key, validation)) = &self.verifier else {
-            return Ok(Principal::Anonymous);
+            return Ok(Verified {
+                principal: Principal::Anonymous,
+                exp: None,
+            });
         };
         let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
         let claims = jsonwebtoken::decode::<Claims>(token, key, validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?
             .claims;
+        // Required and validated as a number above, so present; a fraction of a second is
+        // dropped (the token ends at the start of that second, never later).
+        let exp = claims.exp.map(|exp| exp.max(0.0).floor() as u64);
+        // jsonwebtoken still accepts a token during its `exp` second; its authority ends at the
+        // start of that second, as on a live socket ([`crate::expiry::TokenExp`]).
+        if exp.is_some_and(|exp| TokenExp(exp).has_passed(SystemTime::now())) {
+            return Err(AuthError::Invalid("token expired".into()));
+        }
+        let principal = claims.principal()?;
+        Ok(Verified { principal, exp })
+    }
+}
+
+impl Claims {
+    /// Who the claims name: `sub` and `role` (contract section 4).
+    fn principal(self) -> Result<Principal, AuthError> {
+        let claims = self;
         let sub = claims.sub.map(|s| match s {
             Subject::Text(s) => s,
             Subject::Signed(n) => n.to_string(),
@@ -243,6 +307,91 @@ mod tests {
         ] {
             assert!(
                 matches!(a.authenticate(Some(&bad)), Err(AuthError::Invalid(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    fn auth_with(vars: &[(&str, &str)]) -> Authenticator {
+        let config =
+            crate::config::Config::from_vars([("JWT_SECRET", SECRET)].iter().chain(vars).copied())
+                .unwrap();
+        Authenticator::with_claims(&config.auth, &config.token_claims)
+    }
+
+    #[test]
+    fn a_verified_token_keeps_its_exp() {
+        let exp = in_an_hour();
+        let verified = auth()
+            .verify(Some(&token(json!({"sub": "7", "exp": exp}))))
+            .unwrap();
+        assert_eq!(verified.exp, Some(exp));
+        let fractional = auth()
+            .verify(Some(&token(json!({"sub": "7", "exp": exp as f64 + 0.75}))))
+            .unwrap();
+        assert_eq!(fractional.exp, Some(exp));
+    }
+
+    #[test]
+    fn a_token_is_refused_before_its_nbf() {
+        let a = auth();
+        let later = token(json!({"sub": "1", "exp": in_an_hour(), "nbf": in_an_hour() - 1800}));
+        let ending_now = token(json!({"sub": "1", "exp": in_an_hour() - 3600}));
+        assert!(
+            a.authenticate(Some(&ending_now)).is_err(),
+            "exp is exclusive"
+        );
+        assert!(matches!(
+            a.authenticate(Some(&later)),
+            Err(AuthError::Invalid(_))
+        ));
+        let now = token(json!({"sub": "1", "exp": in_an_hour(), "nbf": in_an_hour() - 3600}));
+        assert!(a.authenticate(Some(&now)).is_ok());
+    }
+
+    #[test]
+    fn issuer_and_audience_are_enforced_only_when_set() {
+        let claims = |extra: serde_json::Value| {
+            let mut c = json!({"sub": "1", "exp": in_an_hour()});
+            c.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            token(c)
+        };
+        let unset = auth();
+        for any in [
+            json!({}),
+            json!({"iss": "x", "aud": "y"}),
+            json!({"aud": ["a", "b"]}),
+        ] {
+            assert!(
+                unset.authenticate(Some(&claims(any.clone()))).is_ok(),
+                "{any}"
+            );
+        }
+        let strict = auth_with(&[("JWT_ISSUER", "idp"), ("JWT_AUDIENCE", "cms,app")]);
+        for good in [
+            json!({"iss": "idp", "aud": "app"}),
+            json!({"iss": "idp", "aud": ["other", "cms"]}),
+        ] {
+            assert!(
+                strict.authenticate(Some(&claims(good.clone()))).is_ok(),
+                "{good}"
+            );
+        }
+        for bad in [
+            json!({}),
+            json!({"iss": "idp"}),
+            json!({"aud": "app"}),
+            json!({"iss": "other", "aud": "app"}),
+            json!({"iss": "idp", "aud": "other"}),
+            json!({"iss": "idp", "aud": ["x", "y"]}),
+        ] {
+            assert!(
+                matches!(
+                    strict.authenticate(Some(&claims(bad.clone()))),
+                    Err(AuthError::Invalid(_))
+                ),
                 "{bad}"
             );
         }

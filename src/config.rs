@@ -61,7 +61,8 @@ pub mod defaults {
     pub const PING_INTERVAL_MS: u64 = 25_000;
     pub const PING_TIMEOUT_MS: u64 = 20_000;
     pub const SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
-    pub const PUBLIC_DIR: &str = "public";
+    /// `PUBLIC_DIR`'s default: the pages embedded in the binary.
+    pub const PUBLIC_DIR: &str = "embedded";
     pub const RUST_LOG: &str = "info";
 }
 
@@ -109,6 +110,8 @@ struct RawEnv {
     demo: Option<String>,
     rust_log: Option<String>,
     log_format: Option<String>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
 }
 
 /// A secret that never prints.
@@ -303,10 +306,22 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Threads of the async runtime (lapin runs the AMQP connection's I/O on a thread of its own).
     pub worker_threads: usize,
-    pub public_dir: PathBuf,
+    /// `PUBLIC_DIR`: the pages are served from this directory; `None` (unset or `embedded`, the
+    /// default): from the copy of `public/` built into the binary.
+    pub public_dir: Option<PathBuf>,
     pub demo: bool,
     pub log_filter: String,
     pub log_format: LogFormat,
+    /// `JWT_ISSUER` / `JWT_AUDIENCE`: claims a token must carry, when set.
+    pub token_claims: TokenClaims,
+}
+
+/// The `iss` and `aud` a token must carry (contract v2 section 4); unchecked when unset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenClaims {
+    pub issuer: Option<String>,
+    /// A token's `aud` must contain one of these; empty: `aud` is not checked.
+    pub audience: Vec<String>,
 }
 
 impl Config {
@@ -376,13 +391,14 @@ impl Config {
                 1,
                 1024,
             )?,
-            public_dir: PathBuf::from(
-                raw.public_dir
-                    .clone()
-                    .unwrap_or_else(|| defaults::PUBLIC_DIR.to_owned()),
-            ),
+            public_dir: raw
+                .public_dir
+                .clone()
+                .filter(|dir| !dir.is_empty() && dir != defaults::PUBLIC_DIR)
+                .map(PathBuf::from),
             demo: parse_bool("DEMO", raw.demo.clone(), false)?,
             log_filter: parse_log_filter(raw.rust_log.clone())?,
+            token_claims: parse_token_claims(raw.jwt_issuer.clone(), raw.jwt_audience.clone())?,
             log_format: match raw.log_format.as_deref() {
                 None | Some("pretty") => LogFormat::Pretty,
                 Some("json") => LogFormat::Json,
@@ -835,6 +851,26 @@ fn parse_log_filter(value: Option<String>) -> Result<String, ConfigError> {
     Ok(filter)
 }
 
+fn parse_token_claims(
+    issuer: Option<String>,
+    audience: Option<String>,
+) -> Result<TokenClaims, ConfigError> {
+    let issuer = issuer
+        .map(|i| i.trim().to_owned())
+        .filter(|i| !i.is_empty());
+    let audience: Vec<String> = audience
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if audience.len() > 64 {
+        return Err(ConfigError::new("JWT_AUDIENCE", "at most 64 audiences"));
+    }
+    Ok(TokenClaims { issuer, audience })
+}
+
 /// `127.0.0.0/8`, `::1` and `localhost`: the only hosts where auth may be off by default.
 pub fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -1145,5 +1181,20 @@ mod tests {
                 .listen_address(),
             "[::1]:0"
         );
+    }
+
+    #[test]
+    fn issuer_and_comma_separated_audiences_are_optional() {
+        assert_eq!(config(&[]).unwrap().token_claims, TokenClaims::default());
+        let c = config(&[
+            ("JWT_ISSUER", "https://id.example.com"),
+            ("JWT_AUDIENCE", "cms, app,"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.token_claims.issuer.as_deref(),
+            Some("https://id.example.com")
+        );
+        assert_eq!(c.token_claims.audience, ["cms", "app"]);
     }
 }

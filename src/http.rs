@@ -109,11 +109,15 @@ pub fn router(app: Arc<AppState>) -> Router {
         // API errors are JSON like every other answer of the API (contract section 6).
         .route("/api/{*rest}", axum::routing::any(api_not_found))
         .method_not_allowed_fallback(method_not_allowed);
-    let pages = ServeDir::new(&app.config.public_dir).append_index_html_on_directories(true);
-    Router::new()
-        .merge(api)
-        .fallback_service(pages)
-        .with_state(app)
+    let router = Router::new().merge(api);
+    // The pages built into the binary, unless PUBLIC_DIR names a directory to serve instead.
+    let router = match &app.config.public_dir {
+        Some(dir) => {
+            router.fallback_service(ServeDir::new(dir).append_index_html_on_directories(true))
+        }
+        None => router.fallback(crate::pages::serve),
+    };
+    router.with_state(app)
 }
 
 /// CORS for both the API and Socket.IO's polling transport, from `CORS_ORIGINS`.

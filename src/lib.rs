@@ -13,7 +13,8 @@
 //! - `amqp` (connection, topology, supervisor), `consumer` (the queue's active consumer:
 //!   validate, dead-letter, append to the stream), `stream` (every instance reads the stream;
 //!   replays beyond the memory window).
-//! - `socket`, `http`: the Socket.IO and HTTP surfaces.
+//! - `socket`, `http`, `pages`: the Socket.IO and HTTP surfaces, the built-in pages; `expiry`:
+//!   tokens that end on live sockets.
 //! - `supervisor`, `readiness`, `metrics`, [`telemetry`], `demo`, [`cli`]: operations.
 //!
 //! [`run`] starts everything on a given listener and stops on a cancellation token, so tests
@@ -27,11 +28,13 @@ pub(crate) mod consumer;
 pub(crate) mod dedupe;
 pub(crate) mod demo;
 pub mod envelope;
+pub(crate) mod expiry;
 pub(crate) mod fanout;
 pub(crate) mod history;
 pub(crate) mod http;
 pub(crate) mod ledger;
 pub(crate) mod metrics;
+pub(crate) mod pages;
 pub(crate) mod readiness;
 pub mod rooms;
 pub(crate) mod socket;
@@ -64,6 +67,8 @@ pub(crate) struct AppState {
     pub readiness: Readiness,
     /// Present when `ENABLE_RABBITMQ=true`: ingest publishes through it.
     pub broker: Option<Arc<Broker>>,
+    /// When each socket's token ends (contract v2 section 5).
+    pub expiry: Arc<expiry::Expiry>,
     /// Socket.IO connection caps (`MAX_CONNECTIONS`, per `sub`, pending handshakes).
     pub connections: Arc<socket::Connections>,
 }
@@ -139,13 +144,14 @@ pub async fn run(
 
     let connections = socket::Connections::new(&config.limits, metrics.sockets_connected.clone());
     let app = Arc::new(AppState {
-        auth: Authenticator::new(&config.auth),
+        auth: Authenticator::with_claims(&config.auth, &config.token_claims),
         config,
         fanout: fanout.clone(),
         metrics,
         readiness: readiness.clone(),
         broker: broker.clone(),
         connections,
+        expiry: Arc::new(expiry::Expiry::new()),
     });
     socket::attach(&io, app.clone());
 
@@ -181,6 +187,15 @@ pub async fn run(
             readiness.clone(),
             tasks.clone(),
             move || housekeeping(fanout.clone(), stop.clone()),
+        ));
+    }
+    {
+        let (expiry, io, stop) = (app.expiry.clone(), io.clone(), tasks.clone());
+        tokio::spawn(supervise(
+            "token expiry",
+            readiness.clone(),
+            tasks.clone(),
+            move || expiry.clone().run(io.clone(), stop.clone()),
         ));
     }
     if app.config.demo {

@@ -1,5 +1,6 @@
 //! Socket.IO (contract section 5): the engine's set-up, handshake authentication, connection
-//! caps, `join-room` and `leave-room`.
+//! caps, `join-room`, `leave-room` and `refresh-token` (token lifetimes are in
+//! [`crate::expiry`]).
 //!
 //! A token comes from the handshake's `auth.token` or the `token` query parameter; a refused
 //! handshake gets `connect_error` with the message `unauthorized`. Each socket may join at most
@@ -26,8 +27,9 @@ use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::DisconnectReason;
 
 use crate::AppState;
-use crate::auth::Principal;
+use crate::auth::{Principal, Verified};
 use crate::config::{Config, Limits};
+use crate::expiry;
 use crate::metrics::DisconnectLabels;
 use crate::rooms::Room;
 
@@ -243,8 +245,8 @@ fn authenticate(
         .and_then(Value::as_str)
         .map(str::to_owned);
     let token = from_auth.or_else(|| query_token(socket.req_parts().uri.query()));
-    let principal = match app.auth.authenticate(token.as_deref()) {
-        Ok(principal) => principal,
+    let (principal, exp) = match app.auth.verify(token.as_deref()) {
+        Ok(Verified { principal, exp }) => (principal, exp),
         Err(error) => {
             tracing::debug!(sid = %socket.id, %error, "socket refused");
             app.metrics.connection_refused("unauthorized");
@@ -267,6 +269,7 @@ fn authenticate(
     // Dropped at disconnect (`count_connection`), or with the socket if it never gets there.
     socket.extensions.insert(Arc::new(slot));
     socket.extensions.insert(principal);
+    app.expiry.watch(socket, exp);
     // Before CONNECT is sent, so a client that emits `join-room` the moment it is
     // connected always finds the handler.
     register_events(app, socket);
@@ -320,8 +323,27 @@ fn register_events(app: &Arc<AppState>, socket: &SocketRef) {
             let app = for_join.clone();
             let limiter = limiter.clone();
             async move {
-                let reply = join_room(&app, &socket, arg.unwrap_or(Value::Null), &limiter).await;
+                // A token's authority ends at its `exp`, even in the instant before the socket
+                // is disconnected for it.
+                let reply = if expiry::has_expired(&socket) {
+                    json!({ "ok": false, "error": "unauthorized" })
+                } else {
+                    join_room(&app, &socket, arg.unwrap_or(Value::Null), &limiter).await
+                };
                 app.metrics.join_answered(&reply);
+                let _ = ack.send(&reply);
+            }
+        },
+    );
+    let for_refresh = app.clone();
+    socket.on(
+        "refresh-token",
+        move |socket: SocketRef, TryData(arg): TryData<Value>, ack: AckSender| {
+            let app = for_refresh.clone();
+            async move {
+                let reply = app
+                    .expiry
+                    .refresh(&app, &socket, &arg.unwrap_or(Value::Null));
                 let _ = ack.send(&reply);
             }
         },

@@ -107,6 +107,15 @@ export async function expectInPage(page, fn, arg, what, timeout = 15000) {
   }
 }
 
+/**
+ * Connects a page the way a user does: the token typed into #token (pages never read one from
+ * the address), then Connect. With the daemon's auth off and no token, autoconnect is enough.
+ */
+export async function connectPage(page, token) {
+  if (token) await page.fill('#token', token);
+  await page.click('#connect');
+}
+
 /** Fail early, with the fix, when the daemon wants tokens and the test was given none. */
 export function requireTokens(config, tokens) {
   if (config.authRequired && tokens.some((t) => !t)) {

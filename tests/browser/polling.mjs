@@ -3,6 +3,7 @@
 import {
   parseArgs, tokenFor, requireTokens, runTest, expectSelector, expectInPage, screenshot, uniqueId, getJson, redact, TestFailure,
 } from './lib.mjs';
+import { connectPage } from './lib.mjs';
 
 const USAGE = `usage: node tests/browser/polling.mjs --base URL
          [--customer ID] [--customer-token T] [--cms-token T] [--service-token T] [--jwt-secret S]
@@ -28,9 +29,10 @@ await runTest('polling', async ({ open }) => {
   requireTokens(config, [customerToken, cmsToken, serviceToken]);
   const pollMs = Number(config.pollIntervalMs) || 10000;
 
-  const q = (p) => new URLSearchParams({ autoconnect: '1', ...p });
-  const customer = await open(`${args.base}/customer.html?${q({ customer: args.customer, token: customerToken })}`, 'customer');
-  const dashboard = await open(`${args.base}/dashboard.html?${q({ token: cmsToken })}`, 'dashboard');
+  const customer = await open(`${args.base}/customer.html?${new URLSearchParams({ customer: args.customer })}`, 'customer');
+  const dashboard = await open(`${args.base}/dashboard.html`, 'dashboard');
+  await connectPage(customer, customerToken);
+  await connectPage(dashboard, cmsToken);
   await dashboard.evaluate(() => {
     window.sessionCount = () => Number(document.getElementById('count-session-total').textContent.replace(/\D/g, ''));
   });

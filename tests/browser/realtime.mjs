@@ -3,6 +3,7 @@
 import {
   parseArgs, tokenFor, requireTokens, runTest, expectSelector, expectInPage, screenshot, publish, uniqueId, getJson, TestFailure,
 } from './lib.mjs';
+import { connectPage } from './lib.mjs';
 
 const USAGE = `usage: node tests/browser/realtime.mjs --base URL --amqp URL --exchange NAME
          [--customer ID] [--customer-token T] [--cms-token T] [--jwt-secret S]
@@ -27,9 +28,10 @@ await runTest('realtime', async ({ open }) => {
   if (config.ENABLE_RABBITMQ !== true) throw new TestFailure(`daemon at ${args.base} has ENABLE_RABBITMQ=${config.ENABLE_RABBITMQ}; this test needs true`);
   requireTokens(config, [customerToken, cmsToken]);
 
-  const q = (p) => new URLSearchParams({ autoconnect: '1', ...p });
-  const customer = await open(`${args.base}/customer.html?${q({ customer: args.customer, token: customerToken })}`, 'customer');
-  const dashboard = await open(`${args.base}/dashboard.html?${q({ token: cmsToken })}`, 'dashboard');
+  const customer = await open(`${args.base}/customer.html?${new URLSearchParams({ customer: args.customer })}`, 'customer');
+  const dashboard = await open(`${args.base}/dashboard.html`, 'dashboard');
+  await connectPage(customer, customerToken);
+  await connectPage(dashboard, cmsToken);
   await dashboard.evaluate(() => {
     window.sessionCount = () => Number(document.getElementById('count-session-total').textContent.replace(/\D/g, ''));
   });

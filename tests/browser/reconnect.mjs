@@ -4,6 +4,7 @@ import net from 'node:net';
 import {
   parseArgs, tokenFor, requireTokens, runTest, expectSelector, screenshot, publish, uniqueId, getJson, until, TestFailure,
 } from './lib.mjs';
+import { connectPage } from './lib.mjs';
 
 const USAGE = `usage: node tests/browser/reconnect.mjs --base URL --amqp URL --exchange NAME
          [--customer ID] [--customer-token T] [--jwt-secret S]
@@ -61,8 +62,8 @@ await runTest('reconnect', async ({ open }) => {
   const pollMs = Number(config.pollIntervalMs) || 10000;
   const proxy = await startProxy(new URL(args.base));
   try {
-    const q = new URLSearchParams({ autoconnect: '1', customer: args.customer, token });
-    const page = await open(`${proxy.url}/customer.html?${q}`, 'customer');
+    const page = await open(`${proxy.url}/customer.html?${new URLSearchParams({ customer: args.customer })}`, 'customer');
+    await connectPage(page, token);
     await expectSelector(page, '#mode[data-mode="realtime"]', 'real-time mode through the proxy');
     await screenshot(page, 'reconnect-1-realtime.png');
 

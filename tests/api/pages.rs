@@ -1,0 +1,112 @@
+//! The binary carries its pages: copied alone into an empty directory (no `public/`, no
+//! `.env`), it serves `/dashboard.html` and every module that page imports, the client bundle
+//! included, as JavaScript.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::support::{WAIT, unique};
+
+/// The relative module imports (`src="…"`, `from './…'`, `import './…'`) of a page or module.
+fn relative_imports(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for marker in ["src=\"", "from '", "import '", "from \"", "import \""] {
+        for (at, _) in text.match_indices(marker) {
+            let rest = &text[at + marker.len()..];
+            let end = rest.find(['"', '\'']).unwrap_or(0);
+            let target = &rest[..end];
+            if target.ends_with(".js") && !target.contains("://") {
+                found.push(target.trim_start_matches("./").to_owned());
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_copied_binary_alone_serves_the_dashboard_and_the_bundle_it_imports() {
+    let dir = std::env::temp_dir().join(unique("nb-bare"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let binary = dir.join("notify-bridge");
+    std::fs::copy(env!("CARGO_BIN_EXE_notify-bridge"), &binary).expect("copy the binary");
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut child = tokio::process::Command::new(&binary)
+        .current_dir(&dir)
+        .env_clear()
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the copied binary starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let page = client
+        .get(format!("{base}/dashboard.html"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains("CMS dashboard"));
+
+    // Follow the page's module graph: every module it needs is there, as JavaScript.
+    let mut pending = relative_imports(&html);
+    let mut fetched = Vec::new();
+    while let Some(path) = pending.pop() {
+        if fetched.contains(&path) {
+            continue;
+        }
+        let response = client.get(format!("{base}/{path}")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            content_type.contains("javascript"),
+            "{path}: {content_type}"
+        );
+        let text = response.text().await.unwrap();
+        // Imports are relative to the importing module's directory.
+        let dir_of = path.rsplit_once('/').map_or("", |(d, _)| d);
+        for import in relative_imports(&text) {
+            pending.push(if dir_of.is_empty() {
+                import
+            } else {
+                format!("{dir_of}/{import}")
+            });
+        }
+        fetched.push(path);
+    }
+    assert!(
+        fetched.iter().any(|p| p == "vendor/notify-client.js"),
+        "the page imports the client bundle: {fetched:?}"
+    );
+
+    let missing = client
+        .get(format!("{base}/nope.html"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    child.kill().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
