@@ -74,12 +74,6 @@ impl Expiry {
         self.changed.notify_one();
     }
 
-    /// Entries in the schedule.
-    #[cfg(test)]
-    pub fn scheduled(&self) -> usize {
-        self.schedule().len()
-    }
-
     fn schedule(&self) -> std::sync::MutexGuard<'_, BTreeSet<(u64, Sid)>> {
         // Nothing panics while holding it; a poisoned set is still a valid set.
         self.due.lock().unwrap_or_else(|p| p.into_inner())
