@@ -131,13 +131,23 @@ const ENVIRONMENT: &[(&str, Option<&str>, &str)] = &[
     ),
     (
         "PUBLIC_DIR",
-        Some("public"),
-        "directory of the pages served at /",
+        Some("embedded"),
+        "the pages served at /: embedded (built into the binary) or a directory",
     ),
     (
         "JWT_SECRET",
         None,
         "HS256 secret of the JWTs; unset only on a loopback HOST (dev mode, auth off)",
+    ),
+    (
+        "JWT_ISSUER",
+        None,
+        "when set, tokens must carry this iss",
+    ),
+    (
+        "JWT_AUDIENCE",
+        None,
+        "when set, tokens must carry an aud among these comma-separated audiences",
     ),
     (
         "AUTH_DISABLED",
@@ -188,6 +198,16 @@ const ENVIRONMENT: &[(&str, Option<&str>, &str)] = &[
         "MAX_CONNECTIONS",
         Some("20000"),
         "Socket.IO connections; more are refused with server_full",
+    ),
+    (
+        "MAX_CONNECTIONS_PER_SUB",
+        Some("64"),
+        "Socket.IO connections of one token subject; more are refused with too_many_connections",
+    ),
+    (
+        "MAX_PENDING_CONNECTIONS",
+        Some("1024"),
+        "Engine.IO sessions that have not sent CONNECT yet; more handshakes get 503 server_full",
     ),
     (
         "MAX_ROOMS_PER_SOCKET",
