@@ -2,7 +2,8 @@
 # Offline validation of deploy/: parses every YAML and JSON file, checks the
 # compose file against the compose-spec schema, the Kubernetes manifests
 # against the Kubernetes schemas, cross-checks names, ports, probes and env
-# variables against the daemon's contract, lints the Dockerfile (hadolint) and
+# variables against the daemon's contract (v2: one shared queue with a single
+# active consumer, one stream, affinity only for Socket.IO), lints the Dockerfile (hadolint) and
 # tests the nginx configuration (nginx -t), and checks that each crate in vendor/ is
 # the crates.io release plus its patch (scripts/check-vendor.sh). No Docker engine
 # or cluster needed.
@@ -144,6 +145,10 @@ CONTRACT_ENV = {
     "RABBITMQ_BINDING_KEYS", "RABBITMQ_PREFETCH", "HOST", "PORT", "JWT_SECRET",
     "AUTH_DISABLED", "POLL_INTERVAL_MS", "HISTORY_PER_ROOM", "CORS_ORIGINS",
     "MAX_MESSAGE_BYTES", "RUST_LOG", "LOG_FORMAT",
+    # v2
+    "RABBITMQ_STREAM", "RABBITMQ_STREAM_MAX_AGE", "RABBITMQ_REBUILD_MAX_AGE",
+    "RABBITMQ_REPLAY_MAX", "HISTORY_MAX_BYTES", "MAX_RECIPIENTS", "JWT_ISSUER",
+    "JWT_AUDIENCE",
 }
 EXTRA_ENV = {
     "PUBLIC_DIR", "RABBITMQ_CA_FILE", "RABBITMQ_QUEUE_EXPIRES_MS",
@@ -154,7 +159,7 @@ EXTRA_ENV = {
     "MAX_CONNECTIONS_PER_SUB", "MAX_PENDING_CONNECTIONS",
 }
 DAEMON_ENV = CONTRACT_ENV | EXTRA_ENV
-DEPLOY_ONLY_ENV = {"POD_NAME"}  # downward API helper, referenced as $(POD_NAME)
+DEPLOY_ONLY_ENV = set()
 BOOL_ENV = {"ENABLE_RABBITMQ", "AUTH_DISABLED", "DEMO"}
 INT_ENV = {
     "RABBITMQ_PREFETCH", "PORT", "POLL_INTERVAL_MS", "HISTORY_PER_ROOM",
@@ -163,7 +168,12 @@ INT_ENV = {
     "DEDUPE_WINDOW", "MAX_CONNECTIONS", "MAX_ROOMS_PER_SOCKET",
     "JOIN_RATE_PER_SEC", "SOCKET_BUFFER", "SHUTDOWN_TIMEOUT_MS", "WORKER_THREADS",
     "PING_INTERVAL_MS", "PING_TIMEOUT_MS", "MAX_CONNECTIONS_PER_SUB", "MAX_PENDING_CONNECTIONS",
+    "RABBITMQ_REPLAY_MAX", "HISTORY_MAX_BYTES", "MAX_RECIPIENTS",
 }
+# RabbitMQ ages (x-max-age syntax): a whole number and one of Y M D h m s.
+AGE_ENV = {"RABBITMQ_STREAM_MAX_AGE", "RABBITMQ_REBUILD_MAX_AGE"}
+AGE_RE = r"[1-9]\d*[YMDhms]"
+STREAM_MAX_AGE_DEFAULT = "24h"
 SHUTDOWN_DEFAULT_MS = 10000
 PREFETCH_DEFAULT = 256
 MAX_MESSAGE_BYTES_DEFAULT = 131072
@@ -182,6 +192,8 @@ def check_env(env):
             errors.append(f"{name}={value!r}: booleans are true|false|1|0")
         if name in INT_ENV and not re.fullmatch(r"\d+", value):
             errors.append(f"{name}={value!r}: not an unsigned integer")
+        if name in AGE_ENV and not re.fullmatch(AGE_RE, value):
+            errors.append(f"{name}={value!r}: a number and one of Y M D h m s (24h, 7D)")
         if name == "LOG_FORMAT" and value not in ("pretty", "json"):
             errors.append(f"LOG_FORMAT={value!r}: pretty or json")
     assert not errors, "\n".join(errors)
@@ -231,7 +243,11 @@ def doc(relpath):
 
 # --- RabbitMQ definitions ---------------------------------------------------------
 VHOST, EXCHANGE, QUEUE = "notify", "notifications", "notifications"
+STREAM = f"{QUEUE}.log"  # RABBITMQ_STREAM's default
+# The default exchange's blank name, as RabbitMQ names it in permission checks.
+DEFAULT_EXCHANGE = "amq.default"
 BRIDGE_USER, PRODUCER_USER = "notify-bridge", "notify-producer"
+# A v1 per-pod queue name: v2 has none, and the bridge user must not be able to make one.
 SAMPLE_POD_QUEUE = "notifications.notify-bridge-7d9f8b6c5d-x2k9q"
 
 def defs():
@@ -268,18 +284,23 @@ def perms(user):
 
 def _bridge_perms():
     p = perms(BRIDGE_USER)
-    own = []
-    for q in (QUEUE, SAMPLE_POD_QUEUE):
-        own += [q, f"{q}.dlx", f"{q}.dead"]
-    own.append(EXCHANGE)
-    foreign = ["amq.topic", "other", "notificationsX", "xnotifications"]
+    # The exchange, the queue, its DLX and dead-letter queue, and the stream.
+    own = [EXCHANGE, QUEUE, f"{QUEUE}.dlx", f"{QUEUE}.dead", STREAM]
+    foreign = [
+        "amq.topic", "other", "notificationsX", "xnotifications", "notifications.",
+        "notifications.x", f"{STREAM}.x", "notifications.1",
+        SAMPLE_POD_QUEUE, f"{SAMPLE_POD_QUEUE}.dlx", f"{SAMPLE_POD_QUEUE}.dead",
+    ]
     for kind in ("configure", "write", "read"):
         rx = re.compile(p[kind])
-        bad = [n for n in own if not rx.search(n)]
+        # Appending to the stream is a publish to the default exchange (routing key = the
+        # stream's name): basic.publish needs write on the exchange, checked as amq.default.
+        need = own + ([DEFAULT_EXCHANGE] if kind == "write" else [])
+        bad = [n for n in need if not rx.search(n)]
         assert not bad, f"{kind} {p[kind]!r} does not allow {bad}"
-        leak = [n for n in foreign if rx.search(n)]
+        leak = [n for n in foreign + ([] if kind == "write" else [DEFAULT_EXCHANGE]) if rx.search(n)]
         assert not leak, f"{kind} {p[kind]!r} also allows {leak}"
-check("definitions: notify-bridge limited to its own queues/exchanges (incl. per-pod)", _bridge_perms)
+check("definitions: notify-bridge limited to its exchange, queue, DLX, dead letters and stream (+ write on amq.default), no per-pod names", _bridge_perms)
 
 def _producer_perms():
     p = perms(PRODUCER_USER)
@@ -287,9 +308,25 @@ def _producer_perms():
     for other in (f"{EXCHANGE}.dlx", f"{EXCHANGE}.x", f"{QUEUE}.dead", "amq.topic", "amq.default"):
         assert not re.search(p["write"], other), f"producer may write to {other!r}"
     for kind in ("configure", "read"):
-        for name in (EXCHANGE, QUEUE, f"{QUEUE}.dead", "x"):
+        for name in (EXCHANGE, QUEUE, f"{QUEUE}.dead", STREAM, "x"):
             assert not re.search(p[kind], name), f"producer {kind} allows {name!r}"
 check("definitions: notify-producer may only write to the exchange", _producer_perms)
+
+def deployed_stream_max_ages():
+    """RABBITMQ_STREAM_MAX_AGE values set in the compose file and the k8s Deployment."""
+    ages = []
+    for svc in (doc("docker-compose.yml")[0].get("services") or {}).values():
+        env = svc.get("environment") or {}
+        if isinstance(env, list):
+            env = dict(e.split("=", 1) for e in env if "=" in e)
+        if env.get("RABBITMQ_STREAM_MAX_AGE"):
+            ages.append(str(env["RABBITMQ_STREAM_MAX_AGE"]))
+    for d in doc("k8s/deployment.yaml"):
+        for c in (d.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []):
+            for e in c.get("env") or []:
+                if e.get("name") == "RABBITMQ_STREAM_MAX_AGE" and e.get("value"):
+                    ages.append(str(e["value"]))
+    return ages
 
 def _topology():
     d = defs()
@@ -304,8 +341,21 @@ def _topology():
     main = qs.get(QUEUE)
     assert main, "queue notifications missing"
     assert main.get("durable") is True and not main.get("auto_delete"), "queue notifications must be durable"
-    assert main.get("arguments") == {"x-dead-letter-exchange": f"{QUEUE}.dlx"}, \
-        f"queue notifications arguments {main.get('arguments')} != {{'x-dead-letter-exchange': 'notifications.dlx'}}"
+    want = {"x-dead-letter-exchange": f"{QUEUE}.dlx", "x-single-active-consumer": True}
+    assert main.get("arguments") == want, f"queue notifications arguments {main.get('arguments')} != {want}"
+    assert "x-expires" not in main.get("arguments", {}), "the shared queue must not expire"
+    stream = qs.get(STREAM)
+    assert stream, f"stream {STREAM} missing"
+    assert stream.get("durable") is True and not stream.get("auto_delete"), f"{STREAM} must be durable, not auto-delete"
+    sargs = stream.get("arguments", {})
+    assert sargs.get("x-queue-type") == "stream", f"{STREAM}: x-queue-type {sargs.get('x-queue-type')!r} != 'stream'"
+    assert set(sargs) == {"x-queue-type", "x-max-age"}, f"{STREAM}: arguments {sorted(sargs)} != the daemon's x-queue-type, x-max-age"
+    age = sargs.get("x-max-age")
+    assert isinstance(age, str) and re.fullmatch(AGE_RE, age), f"{STREAM}: x-max-age {age!r} is not an age like 24h"
+    stream_ages = {a for a in deployed_stream_max_ages()}
+    assert stream_ages <= {age}, f"{STREAM}: x-max-age {age!r}, but RABBITMQ_STREAM_MAX_AGE is {sorted(stream_ages)} (PRECONDITION_FAILED)"
+    assert not any(x.get("destination") == STREAM for x in d.get("bindings", [])), \
+        f"{STREAM} takes appends through the default exchange only: bind nothing to it"
     dead = qs.get(f"{QUEUE}.dead")
     assert dead and dead.get("durable") is True and not dead.get("arguments"), \
         "queue notifications.dead must be durable without arguments"
@@ -314,8 +364,11 @@ def _topology():
     assert any(s == f"{QUEUE}.dlx" and q == f"{QUEUE}.dead" and t == "queue" for s, q, t, _ in b), \
         "binding notifications.dlx -> notifications.dead missing"
     for p in d.get("policies", []):
-        assert not re.search(p["pattern"], QUEUE), f"policy {p['name']} would apply to the main queue"
-check("definitions: exchanges, queue arguments and bindings match the contract", _topology)
+        for name in (QUEUE, STREAM):
+            assert not re.search(p["pattern"], name), f"policy {p['name']} would apply to {name}"
+        assert not re.search(p["pattern"], f"{SAMPLE_POD_QUEUE}.dead"), \
+            f"policy {p['name']} is for per-pod queues, which v2 does not have"
+check("definitions: exchanges, queue arguments (single active consumer), stream and bindings match the contract", _topology)
 
 def rabbit_conf():
     conf = {}
@@ -402,12 +455,15 @@ def _compose_bridge():
     assert m.group(1) == BRIDGE_USER, f"RABBITMQ_URL user {m.group(1)} != {BRIDGE_USER}"
     assert m.group(2) in c["services"], f"RABBITMQ_URL host {m.group(2)} is not a compose service"
     assert m.group(3) == VHOST, f"RABBITMQ_URL vhost {m.group(3)!r} != {VHOST!r}"
+    assert env.get("RABBITMQ_QUEUE", QUEUE) == QUEUE, f"RABBITMQ_QUEUE must be the shared {QUEUE!r}"
+    assert env.get("RABBITMQ_STREAM", STREAM) == STREAM, f"RABBITMQ_STREAM must be {STREAM!r} (definitions.json)"
+    assert "RABBITMQ_QUEUE_EXPIRES_MS" not in env, "RABBITMQ_QUEUE_EXPIRES_MS must not be set for the shared queue"
     ports = [str(p) for p in s.get("ports", [])]
     assert any(p.endswith(":3000") or p == "3000" for p in ports), "port 3000 not published"
     grace = duration_secs(s.get("stop_grace_period", "10s"))
     shutdown = int(env.get("SHUTDOWN_TIMEOUT_MS") or SHUTDOWN_DEFAULT_MS) / 1000
     assert grace > shutdown, f"stop_grace_period {grace}s must exceed SHUTDOWN_TIMEOUT_MS ({shutdown}s)"
-check("compose: bridge build, service_healthy dependency, healthcheck, env, ports, grace period", _compose_bridge)
+check("compose: bridge build, service_healthy dependency, healthcheck, env (shared queue), ports, grace period", _compose_bridge)
 
 def _compose_healthchecks():
     # The schema accepts strings here (for interpolation); Docker does not.
@@ -555,22 +611,22 @@ def _deployment():
     assert csc.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation must be false"
 check("k8s deployment: replicas, probes on /readyz and /healthz, ports, resources, grace, securityContext", _deployment)
 
-def _per_pod_queue():
+def _shared_queue():
     c = container()
-    names = [e["name"] for e in c.get("env", [])]
     env = k8s_env(c)
-    pod = env.get("POD_NAME", {})
-    assert pod.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name", "POD_NAME must come from metadata.name"
-    q = env.get("RABBITMQ_QUEUE", {}).get("value", "")
-    assert "$(POD_NAME)" in q, "RABBITMQ_QUEUE must include $(POD_NAME)"
-    assert names.index("POD_NAME") < names.index("RABBITMQ_QUEUE"), "POD_NAME must be defined before RABBITMQ_QUEUE"
-    assert env.get("RABBITMQ_QUEUE_EXPIRES_MS", {}).get("value"), "RABBITMQ_QUEUE_EXPIRES_MS must be set for per-pod queues"
-    sample = q.replace("$(POD_NAME)", "notify-bridge-7d9f8b6c5d-x2k9q")
+    assert "POD_NAME" not in env, "POD_NAME: v2 has no per-pod queue"
+    text = (DEPLOY / "k8s/deployment.yaml").read_text()
+    assert "$(POD_NAME)" not in text, "$(POD_NAME) in deployment.yaml: v2 has no per-pod queue"
+    q = env.get("RABBITMQ_QUEUE", {}).get("value", QUEUE)
+    assert q == QUEUE, f"RABBITMQ_QUEUE {q!r}: every pod uses the shared {QUEUE!r}"
+    assert "RABBITMQ_QUEUE_EXPIRES_MS" not in env, "RABBITMQ_QUEUE_EXPIRES_MS must not be set for the shared queue"
+    stream = env.get("RABBITMQ_STREAM", {}).get("value", f"{q}.log")
+    assert stream == STREAM, f"RABBITMQ_STREAM {stream!r} != {STREAM!r} (definitions.json)"
     p = perms(BRIDGE_USER)
     for kind in ("configure", "write", "read"):
-        for name in (sample, sample + ".dlx", sample + ".dead"):
+        for name in (q, q + ".dlx", q + ".dead", stream):
             assert re.search(p[kind], name), f"definitions: {BRIDGE_USER} {kind} does not allow {name}"
-check("k8s deployment: per-pod queue via downward API, allowed by the broker permissions", _per_pod_queue)
+check("k8s deployment: every pod on the shared queue and stream (no POD_NAME, no RABBITMQ_QUEUE_EXPIRES_MS), allowed by the broker permissions", _shared_queue)
 
 def _secret_refs():
     assert "Secret" not in k8s, "a Secret in deploy/k8s/ would be applied by `kubectl apply -f deploy/k8s/`"
@@ -585,33 +641,68 @@ def _secret_refs():
         assert ref["key"] in keys, f"{name}: key {ref['key']} missing in k8s-secret.example.yaml"
 check("k8s: JWT_SECRET and RABBITMQ_URL from the Secret shown in k8s-secret.example.yaml, which is not applied", _secret_refs)
 
+MAIN_SERVICE, SOCKETIO_SERVICE = "notify-bridge", "notify-bridge-socketio"
+AFFINITY_ANNOTATIONS = ("affinity", "affinity-mode", "session-cookie-name", "upstream-hash-by")
+
+def service(name):
+    items = [d for _, d in k8s.get("Service", []) if d["metadata"]["name"] == name]
+    assert len(items) == 1, f"expected one Service {name}"
+    return items[0]
+
 def _service():
-    svc = one("Service")
     dep = one("Deployment")
     labels = dep["spec"]["template"]["metadata"]["labels"]
-    assert all(labels.get(k) == v for k, v in svc["spec"]["selector"].items()), "Service selector does not match pods"
-    assert svc["spec"].get("sessionAffinity") == "ClientIP", "sessionAffinity must be ClientIP"
     c = container()
-    for p in svc["spec"]["ports"]:
-        resolve_port(c, p.get("targetPort", p["port"]))
-check("k8s service: selector, ClientIP affinity, targetPort is a container port", _service)
+    names = sorted(d["metadata"]["name"] for _, d in k8s.get("Service", []))
+    assert names == sorted([MAIN_SERVICE, SOCKETIO_SERVICE]), f"Services {names} != {MAIN_SERVICE}, {SOCKETIO_SERVICE}"
+    for name in names:
+        svc = service(name)
+        assert all(labels.get(k) == v for k, v in svc["spec"]["selector"].items()), f"{name}: selector does not match pods"
+        for p in svc["spec"]["ports"]:
+            resolve_port(c, p.get("targetPort", p["port"]))
+    main = service(MAIN_SERVICE)
+    assert main["spec"].get("sessionAffinity", "None") == "None", \
+        f"{MAIN_SERVICE}: no session affinity (polling cursors are valid on every pod)"
+    assert service(SOCKETIO_SERVICE)["spec"].get("sessionAffinity") == "ClientIP", \
+        f"{SOCKETIO_SERVICE}: sessionAffinity must be ClientIP (Socket.IO long-polling)"
+check("k8s services: selectors, targetPorts; no affinity on notify-bridge, ClientIP on notify-bridge-socketio", _service)
 
 def _ingress():
-    ing = one("Ingress")
-    svc = one("Service")
-    ann = ing["metadata"].get("annotations", {})
-    assert ann.get("nginx.ingress.kubernetes.io/affinity") == "cookie", "cookie affinity annotation missing"
-    for k in ("proxy-read-timeout", "proxy-send-timeout"):
-        v = ann.get(f"nginx.ingress.kubernetes.io/{k}")
-        assert v and int(v) >= 60, f"{k} must be >= 60 s for websockets"
+    ings = [d for _, d in k8s.get("Ingress", [])]
+    assert len(ings) == 2, f"expected two Ingress objects (/socket.io/ with affinity, the rest without), got {len(ings)}"
+    svc = service(MAIN_SERVICE)
     svc_ports = {p.get("name") for p in svc["spec"]["ports"]} | {p["port"] for p in svc["spec"]["ports"]}
-    for rule in ing["spec"]["rules"]:
-        for path in rule["http"]["paths"]:
-            be = path["backend"]["service"]
-            assert be["name"] == svc["metadata"]["name"], f"backend {be['name']} is not the Service"
-            port = be["port"].get("name", be["port"].get("number"))
-            assert port in svc_ports, f"backend port {port} not on the Service"
-check("k8s ingress: cookie affinity, websocket timeouts, backend matches the Service", _ingress)
+    paths_of = {}
+    hosts = set()
+    for ing in ings:
+        name = ing["metadata"]["name"]
+        ann = ing["metadata"].get("annotations", {})
+        for k in ("proxy-read-timeout", "proxy-send-timeout"):
+            v = ann.get(f"nginx.ingress.kubernetes.io/{k}")
+            assert v and int(v) >= 60, f"{name}: {k} must be >= 60 s for websockets"
+        assert ann.get("nginx.ingress.kubernetes.io/proxy-body-size") == "256k", f"{name}: proxy-body-size 256k (MAX_MESSAGE_BYTES plus headroom)"
+        tls_hosts = {h for t in ing["spec"].get("tls", []) for h in t.get("hosts", [])}
+        paths = []
+        for rule in ing["spec"]["rules"]:
+            hosts.add(rule.get("host"))
+            assert rule.get("host") in tls_hosts, f"{name}: host {rule.get('host')} has no TLS"
+            for path in rule["http"]["paths"]:
+                be = path["backend"]["service"]
+                assert be["name"] == MAIN_SERVICE, f"{name}: backend {be['name']} is not the Service {MAIN_SERVICE}"
+                port = be["port"].get("name", be["port"].get("number"))
+                assert port in svc_ports, f"{name}: backend port {port} not on the Service"
+                paths.append(path["path"])
+        paths_of[name] = (paths, ann)
+    assert len(hosts) == 1, f"both Ingress objects must serve the same host, got {sorted(hosts)}"
+    sio = [n for n, (paths, _) in paths_of.items() if paths and all(p.rstrip("/") == "/socket.io" for p in paths)]
+    assert len(sio) == 1, "one Ingress must route /socket.io/ (and nothing else)"
+    rest = [n for n in paths_of if n not in sio]
+    assert "/" in paths_of[rest[0]][0], f"{rest[0]} must route / (everything else)"
+    ann = paths_of[sio[0]][1]
+    assert ann.get("nginx.ingress.kubernetes.io/affinity") == "cookie", f"{sio[0]}: cookie affinity annotation missing"
+    leak = [a for a in AFFINITY_ANNOTATIONS if f"nginx.ingress.kubernetes.io/{a}" in paths_of[rest[0]][1]]
+    assert not leak, f"{rest[0]}: affinity annotations {leak}: only /socket.io/ is sticky"
+check("k8s ingress: cookie affinity on /socket.io/ only, TLS, websocket timeouts, body size, backend matches the Service", _ingress)
 
 def _kustomization():
     k = one("Kustomization")
@@ -626,45 +717,60 @@ check("k8s kustomization: resources exist, image name matches", _kustomization)
 def _service_monitor():
     path = DEPLOY / "k8s" / "monitoring" / "servicemonitor.yaml"
     (sm,) = [d for d in docs.get(path, []) if d.get("kind") == "ServiceMonitor"]
-    svc = one("Service")
     selector = sm["spec"]["selector"]["matchLabels"]
-    labels = svc["metadata"].get("labels", {})
-    assert all(labels.get(k) == v for k, v in selector.items()), "ServiceMonitor selector does not match the Service's labels"
+    def selected(d):
+        labels = d["metadata"].get("labels", {})
+        return all(labels.get(k) == v for k, v in selector.items())
+    hits = [d["metadata"]["name"] for _, d in k8s.get("Service", []) if selected(d)]
+    assert hits == [MAIN_SERVICE], f"ServiceMonitor selects Services {hits}, not exactly {MAIN_SERVICE} (pods would be scraped twice)"
+    svc = service(MAIN_SERVICE)
     names = {p.get("name") for p in svc["spec"]["ports"]}
     for e in sm["spec"]["endpoints"]:
         assert e["port"] in names, f"endpoint port {e['port']} is not a named Service port"
         assert e.get("path", "/metrics") == "/metrics", "metrics are at /metrics"
     assert "monitoring/servicemonitor.yaml" not in one("Kustomization").get("resources", []), "needs the operator's CRDs: not in the kustomization"
-check("k8s servicemonitor: selects the Service, scrapes its named port at /metrics", _service_monitor)
+check("k8s servicemonitor: selects the notify-bridge Service only, scrapes its named port at /metrics", _service_monitor)
 
 # --- nginx (structure; nginx -t runs separately) ------------------------------------
 def _nginx():
     text = (DEPLOY / "nginx/notify-bridge.conf").read_text()
     text = re.sub(r"#[^\n]*", "", text)
-    up = re.search(r"upstream\s+(\w+)\s*\{([^}]*)\}", text)
-    assert up, "no upstream block"
-    body = up.group(2)
-    assert re.search(r"^\s*(ip_hash|hash\s+\$remote_addr)[^;]*;", body, re.M), "upstream needs ip_hash or hash $remote_addr"
-    servers = re.findall(r"^\s*server\s+\S+", body, re.M)
-    assert len(servers) >= 2, "upstream needs at least two instances"
-    loc = re.search(r"location\s+(\^~\s*)?/socket\.io/\s*\{([^}]*)\}", text)
-    assert loc, "no location /socket.io/"
-    lb = loc.group(2)
-    assert re.search(rf"proxy_pass\s+http://{up.group(1)}\b", lb), "/socket.io/ must proxy to the upstream"
+    ups = {m.group(1): m.group(2) for m in re.finditer(r"upstream\s+(\w+)\s*\{([^}]*)\}", text)}
+    assert ups, "no upstream block"
+    def sticky(body):
+        return re.search(r"^\s*(ip_hash|hash\s)[^;]*;", body, re.M)
+    def servers(body):
+        return sorted(re.findall(r"^\s*server\s+(\S+)", body, re.M))
+    locs = {m.group(2): m.group(3) for m in re.finditer(r"location\s+(\^~\s*|=\s*)?(\S+)\s*\{([^}]*)\}", text)}
+    def target(path):
+        assert path in locs, f"no location {path}"
+        m = re.search(r"proxy_pass\s+http://(\w+)", locs[path])
+        assert m and m.group(1) in ups, f"location {path} must proxy_pass to an upstream"
+        return m.group(1)
+    sio = target("/socket.io/")
+    assert sticky(ups[sio]), f"upstream {sio} (/socket.io/) needs ip_hash (Socket.IO long-polling)"
+    rest = {path: target(path) for path in locs if path != "/socket.io/"}
+    assert "/" in rest, "location / must proxy the rest"
+    for path, up in rest.items():
+        assert up != sio and not sticky(ups[up]), f"location {path}: upstream {up} must not be sticky (only /socket.io/ is)"
+    for name, body in ups.items():
+        assert len(servers(body)) >= 2, f"upstream {name} needs at least two instances"
+        assert servers(body) == servers(ups[sio]), f"upstream {name} lists other instances than {sio}"
+    lb = locs["/socket.io/"]
     assert re.search(r"proxy_set_header\s+Upgrade\s+\$http_upgrade", lb), "Upgrade header not forwarded"
     assert re.search(r"proxy_set_header\s+Connection\s+\$\w+", lb), "Connection header not forwarded"
     assert re.search(r"proxy_http_version\s+1\.1", text), "proxy_http_version 1.1 needed for websockets"
     t = re.search(r"proxy_read_timeout\s+(\d+)(s|m|h)?;", lb)
     assert t and int(t.group(1)) * {"s": 1, None: 1, "m": 60, "h": 3600}[t.group(2)] >= 60, "/socket.io/ needs a long proxy_read_timeout"
-    assert re.search(r"location\s+/\s*\{[^}]*proxy_pass", text), "location / must proxy the rest"
-check("nginx conf: ip_hash upstream of two, /socket.io/ upgrade headers and timeouts", _nginx)
+check("nginx conf: ip_hash only in the /socket.io/ upstream, round robin for the rest, upgrade headers and timeouts", _nginx)
 
 # --- README documents the configuration --------------------------------------------
 def _readme():
     text = (DEPLOY / "README.md").read_text()
     missing = sorted(v for v in DAEMON_ENV if f"`{v}`" not in text)
     assert not missing, f"deploy/README.md does not document {missing}"
-    for section in ("compose", "kubernetes", "nginx", "rabbitmq_ca_file", "sticky"):
+    for section in ("compose", "kubernetes", "nginx", "rabbitmq_ca_file", "sticky",
+                    "single active consumer", "upgrading from v1", "delete_queue"):
         assert section in text.lower(), f"deploy/README.md lacks a part on {section}"
 check("deploy/README.md documents every daemon variable and each target", _readme)
 PY
