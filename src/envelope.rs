@@ -103,6 +103,8 @@ pub struct Envelope {
     pub timestamp: Box<str>,
     /// The same instant, for the delivery-lag metric.
     pub produced_at: OffsetDateTime,
+    /// The payload's fields after `id` and `room`, serialized once (see [`Self::payload_tail`]).
+    pub tail: std::sync::OnceLock<Box<str>>,
 }
 
 /// Fields are read as raw JSON first, so a field of the wrong type is told apart from bad JSON.
@@ -240,6 +242,7 @@ pub fn parse(body: &[u8], source: Source<'_>, limits: &Limits) -> Result<Envelop
         message_id,
         timestamp,
         produced_at,
+        tail: Default::default(),
     })
 }
 
@@ -338,19 +341,48 @@ impl Envelope {
                 .map(Into::into),
             timestamp: record.timestamp.into(),
             produced_at,
+            tail: Default::default(),
         })
     }
 
-    /// What holding this notification costs, for `HISTORY_MAX_BYTES`: its text once, plus a
-    /// room name per target room.
+    /// The fields of the client's payload (contract section 3) after `id` and `room`, as JSON
+    /// text ending in `}`: serialized once per notification, whatever its rooms and readers.
+    pub fn payload_tail(&self) -> &str {
+        self.tail.get_or_init(|| {
+            #[derive(Serialize)]
+            struct Tail<'a> {
+                category: &'a str,
+                #[serde(rename = "type")]
+                kind: &'a str,
+                data: Option<&'a RawValue>,
+                #[serde(rename = "messageId")]
+                message_id: Option<&'a str>,
+                timestamp: &'a str,
+            }
+            let tail = Tail {
+                category: &self.category,
+                kind: &self.kind,
+                data: self.data.as_deref(),
+                message_id: self.message_id.as_deref(),
+                timestamp: &self.timestamp,
+            };
+            // Strings and already-valid raw JSON always serialize.
+            let json = serde_json::to_string(&tail).expect("payload serializes");
+            json[1..].into()
+        })
+    }
+
+    /// What holding this notification costs, for `HISTORY_MAX_BYTES`: its text and its
+    /// serialized payload once, plus a room name per target room.
     pub fn held_bytes(&self) -> usize {
-        const OVERHEAD: usize = 160;
-        OVERHEAD
-            + self.category.len()
+        const OVERHEAD: usize = 256;
+        let text = self.category.len()
             + self.kind.len()
             + self.data.as_ref().map_or(0, |d| d.get().len())
             + self.message_id.as_ref().map_or(0, |id| id.len())
-            + self.timestamp.len()
+            + self.timestamp.len();
+        OVERHEAD
+            + 2 * text
             + self
                 .rooms
                 .iter()

@@ -16,9 +16,7 @@ use axum::routing::get;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use serde::Serialize;
 use serde_json::json;
-use serde_json::value::RawValue;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
@@ -377,13 +375,6 @@ fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Principal, ApiErr
         })
 }
 
-#[derive(Serialize)]
-struct PollResponse<'a> {
-    notifications: Vec<&'a RawValue>,
-    cursor: String,
-    reset: bool,
-}
-
 async fn poll(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -443,12 +434,19 @@ async fn poll(
         ));
     }
     let page = app.fanout.read(&rooms, after.as_deref(), limit).await;
-    let body = PollResponse {
-        notifications: page.notifications.iter().map(|json| &**json).collect(),
-        cursor: page.cursor,
-        reset: page.reset,
-    };
-    Ok(Json(body).into_response())
+    // Assembled from each notification's ready JSON text rather than serialized again.
+    let mut body = String::with_capacity(64 + page.notifications.iter().map(String::len).sum::<usize>());
+    body.push_str(r#"{"notifications":["#);
+    for (i, json) in page.notifications.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(json);
+    }
+    body.push_str(r#"],"cursor":"#);
+    body.push_str(&serde_json::to_string(&page.cursor).unwrap_or_default());
+    body.push_str(if page.reset { r#","reset":true}"# } else { r#","reset":false}"# });
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 async fn ingest(
