@@ -435,7 +435,8 @@ async fn poll(
     }
     let page = app.fanout.read(&rooms, after.as_deref(), limit).await;
     // Assembled from each notification's ready JSON text rather than serialized again.
-    let mut body = String::with_capacity(64 + page.notifications.iter().map(String::len).sum::<usize>());
+    let mut body =
+        String::with_capacity(64 + page.notifications.iter().map(String::len).sum::<usize>());
     body.push_str(r#"{"notifications":["#);
     for (i, json) in page.notifications.iter().enumerate() {
         if i > 0 {
@@ -445,7 +446,11 @@ async fn poll(
     }
     body.push_str(r#"],"cursor":"#);
     body.push_str(&serde_json::to_string(&page.cursor).unwrap_or_default());
-    body.push_str(if page.reset { r#","reset":true}"# } else { r#","reset":false}"# });
+    body.push_str(if page.reset {
+        r#","reset":true}"#
+    } else {
+        r#","reset":false}"#
+    });
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 

@@ -139,11 +139,7 @@ const ENVIRONMENT: &[(&str, Option<&str>, &str)] = &[
         None,
         "HS256 secret of the JWTs; unset only on a loopback HOST (dev mode, auth off)",
     ),
-    (
-        "JWT_ISSUER",
-        None,
-        "when set, tokens must carry this iss",
-    ),
+    ("JWT_ISSUER", None, "when set, tokens must carry this iss"),
     (
         "JWT_AUDIENCE",
         None,

@@ -364,7 +364,11 @@ pub async fn cleanup(url: &str, exchange: &str, queue: &str) -> Result<()> {
         .create_channel()
         .await
         .map_err(|e| e.to_string())?;
-    for q in [queue.to_owned(), format!("{queue}.dead"), format!("{queue}.log")] {
+    for q in [
+        queue.to_owned(),
+        format!("{queue}.dead"),
+        format!("{queue}.log"),
+    ] {
         match channel
             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
             .await
