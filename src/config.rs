@@ -672,9 +672,7 @@ fn parse_age(
 }
 
 /// One runtime thread per core (tokio's default), following a container's CPU quota. Fewer
-/// trade polling throughput for delivery CPU: on two cores, one worker measured 16 % less CPU
-/// per notification (a second worker is woken per notification to steal socket writes) and
-/// 17 % fewer `GET /api/notifications` per second.
+/// trade polling throughput for delivery CPU (measured in the README's Performance section).
 fn default_worker_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }

@@ -47,44 +47,140 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; connect-src 'self' ws
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
 
-/// An error answer: `{ "error": code, "message": text }`.
+/// Every error the API answers (contract section 6), mapped to its status, code and plain
+/// message in [`ApiError::parts`]. Causes with internal detail (the broker's address, the
+/// client library's words) are logged where they happen, never carried here.
 #[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
+pub enum ApiError {
+    /// No token, or one that does not verify.
+    Unauthorized,
+    /// A room this caller may not read.
+    RoomForbidden(Room),
+    /// Publishing needs the `service` role.
+    PublishForbidden,
+    /// Dev mode (auth off) reached through a proxy.
+    ProxiedDevMode,
+    /// A Socket.IO handshake from an origin that is not allowed.
+    OriginNotAllowed,
+    /// Too many handshakes awaiting their Socket.IO CONNECT.
+    ServerFull,
+    InvalidRoom(String),
+    MissingRoom,
+    InvalidLimit,
+    TooManyRooms(usize),
+    UnsupportedMediaType,
+    /// The body could not be read.
+    InvalidBody(String),
+    /// The body was read and refused by the parser.
+    Rejected(Rejection),
+    BrokerUnavailable,
+    NotFound,
+    MethodNotAllowed,
+    NotReady(String),
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
+    fn parts(&self) -> (StatusCode, &'static str, String) {
+        use ApiError::*;
+        match self {
+            Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required".into(),
+            ),
+            RoomForbidden(room) => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("not allowed to read {room}"),
+            ),
+            PublishForbidden => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "only the service role may publish".into(),
+            ),
+            ProxiedDevMode => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "authentication is off (JWT_SECRET unset on a loopback HOST): requests through \
+                 a proxy are refused; set JWT_SECRET"
+                    .into(),
+            ),
+            OriginNotAllowed => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this origin may not open a Socket.IO connection (CORS_ORIGINS)".into(),
+            ),
+            ServerFull => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_full",
+                "too many connections are being opened; retry later".into(),
+            ),
+            InvalidRoom(name) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_room",
+                format!("{name:?} is not a valid room name"),
+            ),
+            MissingRoom => (
+                StatusCode::BAD_REQUEST,
+                "missing_room",
+                "at least one room parameter is required".into(),
+            ),
+            InvalidLimit => (
+                StatusCode::BAD_REQUEST,
+                "invalid_limit",
+                format!("limit must be 1 to {MAX_LIMIT}"),
+            ),
+            TooManyRooms(max) => (
+                StatusCode::BAD_REQUEST,
+                "too_many_rooms",
+                format!("at most {max} rooms per request (MAX_ROOMS_PER_SOCKET)"),
+            ),
+            UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be sent as Content-Type: application/json".into(),
+            ),
+            InvalidBody(why) => (StatusCode::BAD_REQUEST, "invalid_body", why.clone()),
+            Rejected(Rejection::TooLarge) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Rejection::TooLarge.code(),
+                Rejection::TooLarge.describe().into(),
+            ),
+            Rejected(rejection) => (
+                StatusCode::BAD_REQUEST,
+                rejection.code(),
+                rejection.describe().into(),
+            ),
+            BrokerUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "broker_unavailable",
+                "the message broker did not confirm the notification; retry later".into(),
+            ),
+            NotFound => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such API route".into(),
+            ),
+            MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method".into(),
+            ),
+            NotReady(reason) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason.clone()),
         }
-    }
-    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({ "error": self.code, "message": self.message })),
-        )
-            .into_response()
+        let (status, code, message) = self.parts();
+        (status, Json(json!({ "error": code, "message": message }))).into_response()
     }
 }
 
 impl From<Rejection> for ApiError {
     fn from(rejection: Rejection) -> Self {
-        let status = match rejection {
-            Rejection::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        Self::new(status, rejection.code(), rejection.describe())
+        ApiError::Rejected(rejection)
     }
 }
 
@@ -209,12 +305,7 @@ fn admit(app: &AppState, request: &mut Request) -> Result<(), ApiError> {
             path = request.uri().path(),
             "dev mode (auth off): refused a request that came through a proxy"
         );
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "authentication is off (JWT_SECRET unset on a loopback HOST): requests through \
-             a proxy are refused; set JWT_SECRET",
-        ));
+        return Err(ApiError::ProxiedDevMode);
     }
     if !is_handshake(request) {
         return Ok(());
@@ -223,22 +314,14 @@ fn admit(app: &AppState, request: &mut Request) -> Result<(), ApiError> {
         && !origin_allowed(&app.config.cors, origin, request)
     {
         tracing::debug!(?origin, "Socket.IO handshake refused: origin not allowed");
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this origin may not open a Socket.IO connection (CORS_ORIGINS)",
-        ));
+        return Err(ApiError::OriginNotAllowed);
     }
     let Some(pending) = app.connections.begin_handshake() else {
         tracing::warn!(
             limit = app.config.limits.max_pending_connections,
             "Socket.IO handshake refused: MAX_PENDING_CONNECTIONS sessions await CONNECT"
         );
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_full",
-            "too many connections are being opened; retry later",
-        ));
+        return Err(ApiError::ServerFull);
     };
     request.extensions_mut().insert(pending);
     Ok(())
@@ -367,11 +450,7 @@ fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Principal, ApiErr
         .authenticate(bearer_token(header))
         .map_err(|error| {
             tracing::debug!(%error, "request refused");
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a valid bearer token is required",
-            )
+            ApiError::Unauthorized
         })
 }
 
@@ -389,20 +468,13 @@ async fn poll(
             "room" => {
                 // Every room is read under the history lock: as many as a socket may join.
                 if rooms.len() == app.config.limits.max_rooms_per_socket {
-                    return Err(ApiError::bad_request(
-                        "too_many_rooms",
-                        format!(
-                            "at most {} rooms per request (MAX_ROOMS_PER_SOCKET)",
-                            app.config.limits.max_rooms_per_socket
-                        ),
+                    return Err(ApiError::TooManyRooms(
+                        app.config.limits.max_rooms_per_socket,
                     ));
                 }
-                rooms.push(Room::parse(&value).map_err(|_| {
-                    ApiError::bad_request(
-                        "invalid_room",
-                        format!("{value:?} is not a valid room name"),
-                    )
-                })?)
+                rooms.push(
+                    Room::parse(&value).map_err(|_| ApiError::InvalidRoom(value.to_string()))?,
+                )
             }
             "after" => after = Some(value.into_owned()),
             "limit" => {
@@ -410,28 +482,16 @@ async fn poll(
                     .parse()
                     .ok()
                     .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(
-                            "invalid_limit",
-                            format!("limit must be 1 to {MAX_LIMIT}"),
-                        )
-                    })?;
+                    .ok_or(ApiError::InvalidLimit)?;
             }
             _ => {}
         }
     }
     if rooms.is_empty() {
-        return Err(ApiError::bad_request(
-            "missing_room",
-            "at least one room parameter is required",
-        ));
+        return Err(ApiError::MissingRoom);
     }
     if let Some(room) = rooms.iter().find(|room| !principal.can_read(room)) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("not allowed to read {room}"),
-        ));
+        return Err(ApiError::RoomForbidden(room.clone()));
     }
     let page = app.fanout.read(&rooms, after.as_deref(), limit).await;
     // Assembled from each notification's ready JSON text rather than serialized again.
@@ -461,22 +521,14 @@ async fn ingest(
 ) -> Result<Response, ApiError> {
     let principal = authenticate(&app, &headers)?;
     if !principal.can_publish() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "only the service role may publish",
-        ));
+        return Err(ApiError::PublishForbidden);
     }
     if !is_json(&headers) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "the body must be sent as Content-Type: application/json",
-        ));
+        return Err(ApiError::UnsupportedMediaType);
     }
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::from(Rejection::TooLarge),
-        _ => ApiError::bad_request("invalid_body", rejection.body_text()),
+        _ => ApiError::InvalidBody(rejection.body_text()),
     })?;
     let source = Source {
         category: CategoryFrom::Body,
@@ -489,11 +541,7 @@ async fn ingest(
         .map_err(|error| {
             // The broker's address and the client library's words stay in the log.
             tracing::warn!(%error, "ingest: publish failed");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "broker_unavailable",
-                "the message broker did not confirm the notification; retry later",
-            )
+            ApiError::BrokerUnavailable
         })?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": true }))).into_response())
 }
@@ -509,15 +557,11 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 async fn api_not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")
+    ApiError::NotFound
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this route does not take that method",
-    )
+    ApiError::MethodNotAllowed
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -527,9 +571,7 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     match app.readiness.check() {
         Ok(broker) => Json(json!({ "status": "ready", "broker": broker.as_str() })).into_response(),
-        Err(reason) => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason).into_response()
-        }
+        Err(reason) => ApiError::NotReady(reason).into_response(),
     }
 }
 
