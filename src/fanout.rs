@@ -45,12 +45,23 @@ const JOIN_ATTEMPTS: usize = 3;
 /// The JSON text a client receives for `item` in `room` (`None`: the broadcast copy), contract
 /// section 3. Ids and room names only hold characters that need no escaping in JSON.
 pub fn payload_text(ids: &Ids, item: &Item, room: Option<&Room>) -> String {
-    let tail = item.envelope.payload_tail();
-    let id = ids.format(item.id);
+    let mut out = String::with_capacity(item.envelope.payload_tail().len() + 96);
+    write_payload(&mut out, ids, item, room);
+    out
+}
+
+fn write_payload(out: &mut String, ids: &Ids, item: &Item, room: Option<&Room>) {
+    out.push_str(r#"{"id":""#);
+    ids.write(out, item.id);
     match room {
-        Some(room) => format!(r#"{{"id":"{id}","room":"{room}",{tail}"#),
-        None => format!(r#"{{"id":"{id}","room":null,{tail}"#),
+        Some(room) => {
+            out.push_str(r#"","room":""#);
+            out.push_str(room.as_str());
+            out.push_str(r#"","#);
+        }
+        None => out.push_str(r#"","room":null,"#),
     }
+    out.push_str(item.envelope.payload_tail());
 }
 
 /// The same, as a value to emit.
@@ -100,10 +111,39 @@ pub trait DeepHistory: Send + Sync {
 
 /// One answer to a poll.
 pub struct Page {
-    /// Each notification's JSON text.
-    pub notifications: Vec<String>,
+    items: Vec<(Room, Item)>,
+    ids: Ids,
     pub cursor: String,
     pub reset: bool,
+}
+
+impl Page {
+    /// The answer of `GET /api/notifications` (contract section 6), written in one buffer from
+    /// each notification's ready payload tail.
+    pub fn to_json(&self) -> String {
+        let tails: usize = self
+            .items
+            .iter()
+            .map(|(_, item)| item.envelope.payload_tail().len() + 96)
+            .sum();
+        let mut out = String::with_capacity(64 + tails);
+        out.push_str(r#"{"notifications":["#);
+        for (i, (room, item)) in self.items.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            write_payload(&mut out, &self.ids, item, Some(room));
+        }
+        // Cursors are ids: a tag and digits, nothing to escape.
+        out.push_str(r#"],"cursor":""#);
+        out.push_str(&self.cursor);
+        out.push_str(if self.reset {
+            r#"","reset":true}"#
+        } else {
+            r#"","reset":false}"#
+        });
+        out
+    }
 }
 
 pub struct Fanout {
@@ -392,10 +432,8 @@ impl Fanout {
         let asked = if reset { Cursor::Start } else { cursor };
         let (items, cursor) = ledger::page(items, limit, head, asked);
         Page {
-            notifications: items
-                .iter()
-                .map(|(room, item)| payload_text(&self.ids, item, Some(room)))
-                .collect(),
+            items,
+            ids: self.ids.clone(),
             cursor: self.ids.format(cursor),
             reset,
         }

@@ -494,23 +494,7 @@ async fn poll(
         return Err(ApiError::RoomForbidden(room.clone()));
     }
     let page = app.fanout.read(&rooms, after.as_deref(), limit).await;
-    // Assembled from each notification's ready JSON text rather than serialized again.
-    let mut body =
-        String::with_capacity(64 + page.notifications.iter().map(String::len).sum::<usize>());
-    body.push_str(r#"{"notifications":["#);
-    for (i, json) in page.notifications.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(json);
-    }
-    body.push_str(r#"],"cursor":"#);
-    body.push_str(&serde_json::to_string(&page.cursor).unwrap_or_default());
-    body.push_str(if page.reset {
-        r#","reset":true}"#
-    } else {
-        r#","reset":false}"#
-    });
+    let body = page.to_json();
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 

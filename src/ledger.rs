@@ -68,7 +68,18 @@ impl Ids {
     }
 
     pub fn format(&self, id: u64) -> String {
-        format!("{}-{id}", self.tag)
+        let mut out = String::with_capacity(self.tag.len() + 21);
+        self.write(&mut out, id);
+        out
+    }
+
+    /// Appends the id's text to `out`.
+    pub fn write(&self, out: &mut String, id: u64) {
+        use std::fmt::Write;
+        out.push_str(&self.tag);
+        out.push('-');
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{id}");
     }
 
     /// The number in a cursor of ours, or `None` for anything else.
