@@ -676,3 +676,84 @@ async fn a_client_that_stops_reading_is_closed_for_its_overflow_not_a_heartbeat(
     assert!(!text.contains("reason=\"heartbeat_timeout\""), "{text}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_fan_out_to_ten_thousand_rooms_is_refused_and_costs_no_history() {
+    let app = TestApp::spawn(Settings::rabbit()).await;
+    // The reviewed attack: 10,900 recipients and a large `data`, about 130 KB, just under
+    // MAX_MESSAGE_BYTES.
+    let recipients: Vec<String> = (0..10_900).map(|i| format!("c{i}")).collect();
+    let listed = serde_json::to_string(&recipients).unwrap().len();
+    let data = "x".repeat(128_000 - listed);
+    let attack =
+        json!({ "type": "t", "category": "session", "recipients": recipients, "data": data });
+    let answer = app
+        .post(
+            "/api/notifications",
+            Some(&app.service_token()),
+            attack.to_string(),
+        )
+        .await;
+    assert_eq!(answer.status(), 400);
+    assert_eq!(
+        answer.json::<Value>().await.unwrap()["error"],
+        "too_many_rooms"
+    );
+    // Over AMQP it is dead-lettered with the contract's reason, and nothing is held for it.
+    let mut body = attack;
+    body.as_object_mut().unwrap().remove("category");
+    app.publish_json("notification.session", body).await;
+    let dead = app.next_message(&app.dead_queue()).await;
+    let reason = dead
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-notify-bridge-reason").cloned());
+    assert_eq!(
+        reason,
+        Some(lapin::types::AMQPValue::LongString("too_many_rooms".into()))
+    );
+    let metrics = app.metrics().await;
+    assert_eq!(metric(&metrics, "notify_bridge_history_rooms"), 0.0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn joining_a_room_again_with_a_cursor_does_not_replay_it_twice() {
+    let app = TestApp::spawn(Settings::local()).await;
+    for n in 0..20 {
+        let body = json!({ "type": "t", "category": "station", "data": { "n": n } });
+        let posted = app
+            .post(
+                "/api/notifications",
+                Some(&app.service_token()),
+                body.to_string(),
+            )
+            .await;
+        assert_eq!(posted.status(), 202);
+    }
+    let socket = app.socket(&app.cms_token()).await;
+    let (first, replayed) = socket.join_after("cms:stations", "unknown-0").await;
+    assert_eq!((first["ok"].clone(), replayed), (json!(true), 20));
+    // The same join again, a hundred times: every notification is already on this socket.
+    for _ in 0..5 {
+        let (again, total) = socket.join_after("cms:stations", "unknown-0").await;
+        assert_eq!(again["ok"], true);
+        assert_eq!(total, 20, "nothing replayed again");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_and_forbidden_joins_use_up_the_join_rate() {
+    let app = TestApp::spawn(Settings::local().var("JOIN_RATE_PER_SEC", "5")).await;
+    let socket = app.socket(&app.customer_token("7")).await;
+    // Probing: invalid names and other customers' rooms.
+    for room in ["lobby", "customer:8", "cms:dashboard", "x", "customer:9"] {
+        let ack = socket.join(room).await;
+        assert_eq!(ack["ok"], false, "{room}");
+    }
+    // The burst is spent: even its own room is refused until the bucket refills.
+    assert_eq!(socket.join("customer:7").await["error"], "rate_limited");
+    app.stop().await;
+}
