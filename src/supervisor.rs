@@ -87,6 +87,15 @@ mod tests {
         }
     }
 
+    /// One thread, with time paused: restarts happen without real waits.
+    fn paused_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    }
+
     #[test]
     fn a_task_that_panics_is_logged_fails_readiness_and_comes_back() {
         let log = Log::default();
@@ -97,11 +106,7 @@ mod tests {
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
         // One thread: the supervised task logs on the thread that holds the subscriber.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap();
+        let runtime = paused_runtime();
         runtime.block_on(async {
             let readiness = Readiness::without_broker();
             let stop = CancellationToken::new();
@@ -145,11 +150,7 @@ mod tests {
 
     #[test]
     fn a_task_that_returns_before_shutdown_is_restarted_too() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap();
+        let runtime = paused_runtime();
         runtime.block_on(async {
             let readiness = Readiness::without_broker();
             let stop = CancellationToken::new();
