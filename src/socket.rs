@@ -323,13 +323,7 @@ fn register_events(app: &Arc<AppState>, socket: &SocketRef) {
             let app = for_join.clone();
             let limiter = limiter.clone();
             async move {
-                // A token's authority ends at its `exp`, even in the instant before the socket
-                // is disconnected for it.
-                let reply = if expiry::has_expired(&socket) {
-                    json!({ "ok": false, "error": "unauthorized" })
-                } else {
-                    join_room(&app, &socket, arg.unwrap_or(Value::Null), &limiter).await
-                };
+                let reply = join_room(&app, &socket, arg.unwrap_or(Value::Null), &limiter).await;
                 app.metrics.join_answered(&reply);
                 let _ = ack.send(&reply);
             }
@@ -380,6 +374,8 @@ pub(crate) enum JoinRefusal {
     Forbidden,
     RateLimited,
     TooManyRooms,
+    /// The socket's token reached its `exp` (it is about to be disconnected for it).
+    TokenExpired,
 }
 
 impl JoinRefusal {
@@ -389,6 +385,7 @@ impl JoinRefusal {
             JoinRefusal::Forbidden => "forbidden",
             JoinRefusal::RateLimited => "rate_limited",
             JoinRefusal::TooManyRooms => "too_many_rooms",
+            JoinRefusal::TokenExpired => "unauthorized",
         }
     }
 
@@ -421,6 +418,11 @@ async fn try_join(
     arg: &Value,
     limiter: &Mutex<JoinLimiter>,
 ) -> Result<(Room, bool), JoinRefusal> {
+    // A token's authority ends at its `exp`, even in the instant before the socket is
+    // disconnected for it.
+    if expiry::has_expired(socket) {
+        return Err(JoinRefusal::TokenExpired);
+    }
     // Every attempt counts against the rate, refused ones too: probing rooms or flooding with
     // invalid names costs a client its budget like real joins do.
     let allowed = limiter
