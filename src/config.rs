@@ -57,6 +57,7 @@ pub mod defaults {
     pub const MAX_ROOMS_PER_SOCKET: usize = 50;
     pub const JOIN_RATE_PER_SEC: u32 = 20;
     pub const SOCKET_BUFFER: usize = 4096;
+    pub const SOCKET_BUFFER_BYTES: usize = 4 << 20;
     /// Socket.IO's own heartbeat defaults; clients learn them in the handshake.
     pub const PING_INTERVAL_MS: u64 = 25_000;
     pub const PING_TIMEOUT_MS: u64 = 20_000;
@@ -102,6 +103,7 @@ struct RawEnv {
     max_rooms_per_socket: Option<String>,
     join_rate_per_sec: Option<String>,
     socket_buffer: Option<String>,
+    socket_buffer_bytes: Option<String>,
     ping_interval_ms: Option<String>,
     ping_timeout_ms: Option<String>,
     shutdown_timeout_ms: Option<String>,
@@ -282,6 +284,8 @@ pub struct Limits {
     pub join_rate_per_sec: u32,
     /// Packets queued for one socket before it counts as stalled and is disconnected.
     pub socket_buffer: usize,
+    /// Bytes of messages queued for one socket before it counts as stalled, likewise.
+    pub socket_buffer_bytes: usize,
     pub max_message_bytes: usize,
     /// Most rooms one message may name (`MAX_RECIPIENTS`).
     pub max_recipients: usize,
@@ -600,6 +604,13 @@ fn limits(raw: &RawEnv) -> Result<Limits, ConfigError> {
             8,
             1_000_000,
         )?,
+        socket_buffer_bytes: parse_num(
+            "SOCKET_BUFFER_BYTES",
+            raw.socket_buffer_bytes.clone(),
+            defaults::SOCKET_BUFFER_BYTES,
+            4096,
+            1 << 30,
+        )?,
         max_message_bytes: parse_num(
             "MAX_MESSAGE_BYTES",
             raw.max_message_bytes.clone(),
@@ -906,6 +917,7 @@ mod tests {
         assert!(matches!(c.cors, CorsOrigins::SameOrigin));
         assert_eq!(c.limits.max_message_bytes, 131_072);
         assert_eq!(c.limits.socket_buffer, 4096);
+        assert_eq!(c.limits.socket_buffer_bytes, 4 << 20);
         assert_eq!(
             (c.limits.ping_interval, c.limits.ping_timeout),
             (Duration::from_secs(25), Duration::from_secs(20))

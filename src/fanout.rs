@@ -156,6 +156,8 @@ pub struct Fanout {
     deep: OnceLock<Arc<dyn DeepHistory>>,
     /// Most items one join may replay: what fits in a socket's queue next to live traffic.
     join_replay_max: usize,
+    /// Most payload bytes one join may replay, likewise.
+    join_replay_max_bytes: usize,
 }
 
 impl Fanout {
@@ -164,6 +166,7 @@ impl Fanout {
         ledger: Ledger,
         metrics: Arc<Metrics>,
         join_replay_max: usize,
+        join_replay_max_bytes: usize,
     ) -> Self {
         Self {
             io,
@@ -172,6 +175,7 @@ impl Fanout {
             metrics,
             deep: OnceLock::new(),
             join_replay_max,
+            join_replay_max_bytes,
         }
     }
 
@@ -295,11 +299,19 @@ impl Fanout {
                             "stream"
                         };
                         fetched.extend(items);
-                        self.replay_locked(socket, room, &fetched, false, source);
-                        return false;
+                        // More than the socket's queue can take answers a reset, as a gap would.
+                        if let Some(payloads) = self.payloads_within_budget(room, &fetched) {
+                            self.replay_locked(socket, room, payloads, false, source);
+                            return false;
+                        }
+                        let retained = ledger.retained(room, usize::MAX);
+                        let payloads = self.newest_within_budget(room, &retained);
+                        self.replay_locked(socket, room, payloads, true, "memory");
+                        return true;
                     }
                     Plan::Reset(items) => {
-                        self.replay_locked(socket, room, &items, true, "memory");
+                        let payloads = self.newest_within_budget(room, &items);
+                        self.replay_locked(socket, room, payloads, true, "memory");
                         return true;
                     }
                     Plan::Fetch { after, upto, .. } => {
@@ -324,26 +336,53 @@ impl Fanout {
         let mut ledger = self.lock();
         pin.release(&mut ledger);
         let retained = ledger.retained(room, usize::MAX);
-        self.replay_locked(socket, room, &retained, true, "memory");
+        let payloads = self.newest_within_budget(room, &retained);
+        self.replay_locked(socket, room, payloads, true, "memory");
         true
     }
 
-    /// Emits `items` to `socket` and joins it to `room`; the caller holds the ledger lock.
+    /// The payloads of `items` in `room`, if together they fit in one join's byte budget.
+    fn payloads_within_budget(&self, room: &Room, items: &[Item]) -> Option<Vec<Box<RawValue>>> {
+        let mut bytes = 0;
+        items
+            .iter()
+            .map(|item| {
+                let json = payload(&self.ids, item, Some(room));
+                bytes += json.get().len();
+                (bytes <= self.join_replay_max_bytes).then_some(json)
+            })
+            .collect()
+    }
+
+    /// The payloads of the newest of `items` in `room` that fit in one join's byte budget,
+    /// oldest first: a reset replays what it can, and says the rest is gone.
+    fn newest_within_budget(&self, room: &Room, items: &[Item]) -> Vec<Box<RawValue>> {
+        let mut bytes = 0;
+        let mut newest: Vec<Box<RawValue>> = items
+            .iter()
+            .rev()
+            .map(|item| payload(&self.ids, item, Some(room)))
+            .take_while(|json| {
+                bytes += json.get().len();
+                bytes <= self.join_replay_max_bytes
+            })
+            .collect();
+        newest.reverse();
+        newest
+    }
+
+    /// Emits `payloads` to `socket` and joins it to `room`; the caller holds the ledger lock.
     fn replay_locked(
         &self,
         socket: &SocketRef,
         room: &Room,
-        items: &[Item],
+        payloads: Vec<Box<RawValue>>,
         reset: bool,
         source: &'static str,
     ) {
         let mut stalled = Vec::new();
-        for item in items {
-            emit_to(
-                [socket.clone()],
-                &payload(&self.ids, item, Some(room)),
-                &mut stalled,
-            );
+        for json in &payloads {
+            emit_to([socket.clone()], json, &mut stalled);
         }
         socket.join(room.as_str().to_owned());
         if reset {

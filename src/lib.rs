@@ -120,6 +120,8 @@ pub async fn run(
         ledger,
         metrics.clone(),
         socket_buffer.saturating_sub(LIVE_HEADROOM),
+        // A quarter of the bytes is kept for live traffic, as LIVE_HEADROOM is of the packets.
+        config.limits.socket_buffer_bytes / 4 * 3,
     ));
     let limits = envelope::Limits {
         max_bytes: config.limits.max_message_bytes,

@@ -221,6 +221,11 @@ const ENVIRONMENT: &[(&str, Option<&str>, &str)] = &[
         "packets queued for one socket before it counts as stalled",
     ),
     (
+        "SOCKET_BUFFER_BYTES",
+        Some("4194304"),
+        "bytes of messages queued for one socket before it counts as stalled",
+    ),
+    (
         "SHUTDOWN_TIMEOUT_MS",
         Some("10000"),
         "on SIGTERM/SIGINT, exit within this many ms",

@@ -57,6 +57,7 @@ pub fn buffer_size(config: &Config) -> usize {
 pub fn layer(config: &Config) -> (SocketIoLayer, SocketIo) {
     SocketIo::builder()
         .max_buffer_size(buffer_size(config))
+        .max_buffer_bytes(config.limits.socket_buffer_bytes)
         .ping_interval(config.limits.ping_interval)
         .ping_timeout(config.limits.ping_timeout)
         .max_payload(MAX_CLIENT_PACKET_BYTES as u64)

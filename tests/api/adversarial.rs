@@ -622,6 +622,27 @@ fn a_weak_or_example_secret_on_a_public_host_refuses_to_start() {
     }
 }
 
+/// Posts notifications of about `pad` bytes to `cms:dashboard` until the daemon has given up
+/// on a stalled socket there; the number posted by then, or `None` after `max_posts`.
+async fn post_until_a_socket_stalls(app: &TestApp, pad: usize, max_posts: usize) -> Option<usize> {
+    let padding = "x".repeat(pad);
+    for n in 0..max_posts {
+        let body =
+            json!({ "type": "bulk", "category": "station", "data": { "n": n, "pad": padding } });
+        assert_eq!(
+            app.post("/api/notifications", None, body.to_string())
+                .await
+                .status(),
+            202
+        );
+        if n % 10 == 9 && metric(&app.metrics().await, "notify_bridge_sockets_stalled_total") == 1.0
+        {
+            return Some(n + 1);
+        }
+    }
+    None
+}
+
 #[tokio::test]
 async fn a_client_that_stops_reading_is_closed_for_its_overflow_not_a_heartbeat() {
     let app = TestApp::spawn(
@@ -631,27 +652,13 @@ async fn a_client_that_stops_reading_is_closed_for_its_overflow_not_a_heartbeat(
     )
     .await;
     let mut stalled = crate::support::sio::stalled_socket(app.addr, "cms:dashboard").await;
-    let padding = "x".repeat(4096);
     // Far more than the stalled socket's TCP buffers and 16 queued packets hold; stops as
     // soon as the daemon has given up on it.
-    let mut given_up = false;
-    for n in 0..3000 {
-        let body =
-            json!({ "type": "bulk", "category": "station", "data": { "n": n, "pad": padding } });
-        assert_eq!(
-            app.post("/api/notifications", None, body.to_string())
-                .await
-                .status(),
-            202
-        );
-        if n % 50 == 49
-            && metric(&app.metrics().await, "notify_bridge_sockets_stalled_total") == 1.0
-        {
-            given_up = true;
-            break;
-        }
-    }
-    assert!(given_up, "the stalled socket was never given up on");
+    let given_up = post_until_a_socket_stalls(&app, 4096, 3000).await;
+    assert!(
+        given_up.is_some(),
+        "the stalled socket was never given up on"
+    );
     // Reading again, the client gets its backlog, then the close...
     let closed = tokio::time::timeout(WAIT, async {
         while let Some(Ok(message)) = stalled.next().await {
@@ -674,6 +681,78 @@ async fn a_client_that_stops_reading_is_closed_for_its_overflow_not_a_heartbeat(
     };
     assert_eq!(metric(&text, overflowed), 1.0, "{text}");
     assert!(!text.contains("reason=\"heartbeat_timeout\""), "{text}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn large_notifications_to_a_client_that_stops_reading_are_bounded_in_bytes() {
+    // The packet bound alone would let this socket hold 4,096 × 100 KB = 400 MB.
+    let app = TestApp::spawn(
+        dev_mode()
+            .var("SOCKET_BUFFER", "4096")
+            .var("SOCKET_BUFFER_BYTES", "262144")
+            .var("HISTORY_PER_ROOM", "8"),
+    )
+    .await;
+    let _stalled = crate::support::sio::stalled_socket(app.addr, "cms:dashboard").await;
+    // 40 MB: what the loopback TCP buffers take, and then far more than 256 KiB, but a tenth of
+    // the packets the queue may hold.
+    let posted = post_until_a_socket_stalls(&app, 100_000, 400).await;
+    assert!(
+        posted.is_some(),
+        "400 notifications of 100 KB did not stall the socket: its queue is not bounded in bytes"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_replay_larger_than_a_socket_may_hold_answers_reset_with_the_newest_that_fit() {
+    // A join replays at most three quarters of SOCKET_BUFFER_BYTES: 192 KiB here.
+    let app = TestApp::spawn(
+        dev_mode()
+            .var("SOCKET_BUFFER_BYTES", "262144")
+            .var("HISTORY_PER_ROOM", "20"),
+    )
+    .await;
+    let padding = "x".repeat(50_000);
+    for n in 0..10 {
+        let body = json!({ "type": format!("n{n}"), "category": "customer",
+            "recipients": ["77"], "data": { "pad": padding } });
+        let answer = app.post("/api/notifications", None, body.to_string()).await;
+        assert_eq!(answer.status(), 202);
+    }
+    let page: Value = app
+        .get("/api/notifications?room=customer:77&limit=1", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let first = page["notifications"][0]["id"].as_str().unwrap().to_owned();
+    let mut socket = app.socket("").await;
+    // Nine notifications of 50 KB follow the cursor: 450 KB, more than the socket may hold.
+    let (ack, before_ack) = socket.join_after("customer:77", &first).await;
+    assert_eq!(
+        ack,
+        json!({ "ok": true, "room": "customer:77", "reset": true })
+    );
+    let replayed: Vec<String> = socket
+        .drain()
+        .iter()
+        .map(|n| n["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        (before_ack, replayed),
+        (3, vec!["n7".into(), "n8".into(), "n9".into()])
+    );
+    // The socket was not closed for it: it hears what comes next.
+    let body = json!({ "type": "live", "category": "customer", "recipients": ["77"] });
+    assert_eq!(
+        app.post("/api/notifications", None, body.to_string())
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(socket.next().await["type"], "live");
     app.stop().await;
 }
 

@@ -60,6 +60,13 @@ pub struct EngineIoConfig {
     /// Defaults to 128 packets
     pub max_buffer_size: usize,
 
+    /// The maximum number of bytes of message packets buffered per connection. A message that
+    /// finds the buffer at or over it is refused like one that finds it full of packets (one
+    /// message may take it past the bound by its own size).
+    ///
+    /// Defaults to no bound (`usize::MAX`).
+    pub max_buffer_bytes: usize,
+
     /// The maximum number of bytes that can be received per http request.
     /// Defaults to 100KB.
     pub max_payload: u64,
@@ -97,6 +104,7 @@ impl Default for EngineIoConfig {
             ping_timeout: Duration::from_millis(20000),
             upgrade_timeout: Duration::from_millis(10000),
             max_buffer_size: 128,
+            max_buffer_bytes: usize::MAX,
             max_payload: 1e5 as u64, // 100kb
             ws_read_buffer_size: 4096,
             ws_max_message_size: 64 << 20,
@@ -200,6 +208,13 @@ impl EngineIoConfigBuilder {
     /// ```
     pub fn max_buffer_size(mut self, max_buffer_size: usize) -> Self {
         self.config.max_buffer_size = max_buffer_size;
+        self
+    }
+
+    /// The maximum number of bytes of message packets buffered per connection.
+    /// Defaults to no bound.
+    pub fn max_buffer_bytes(mut self, max_buffer_bytes: usize) -> Self {
+        self.config.max_buffer_bytes = max_buffer_bytes;
         self
     }
 

@@ -59,7 +59,7 @@ use std::{
     fmt::Debug,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU8, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -117,17 +117,20 @@ impl From<&Error> for Option<DisconnectReason> {
 /// A permit holds a place in the internal channel to send one packet to the client.
 pub struct Permit<'a> {
     inner: mpsc::Permit<'a, Queued>,
+    queued_bytes: &'a Arc<AtomicUsize>,
 }
 impl Permit<'_> {
     /// Consume the permit and emit a message to the client.
     #[inline]
     pub fn emit(self, msg: Str) {
-        self.inner.send(Box::new(smallvec![Packet::Message(msg)]));
+        self.inner
+            .send(Charged::new(smallvec![Packet::Message(msg)], self.queued_bytes));
     }
     /// Consume the permit and emit a binary message to the client.
     #[inline]
     pub fn emit_binary(self, data: Bytes) {
-        self.inner.send(Box::new(smallvec![Packet::Binary(data)]));
+        self.inner
+            .send(Charged::new(smallvec![Packet::Binary(data)], self.queued_bytes));
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -139,7 +142,7 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.inner.send(Box::new(packets));
+        self.inner.send(Charged::new(packets, self.queued_bytes));
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -151,14 +154,57 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.inner.send(Box::new(packets));
+        self.inner.send(Charged::new(packets, self.queued_bytes));
     }
 }
 
 /// What the internal channel carries: boxed, so that the channel's first block (32 slots,
 /// allocated with the channel) costs 32 pointers per socket rather than 32 inline
 /// `PacketBuf`s (about 5 KiB), for every connection however idle.
-pub(crate) type Queued = Box<PacketBuf>;
+pub(crate) type Queued = Box<Charged<PacketBuf>>;
+
+/// Packets in the outgoing queue, charged to their socket's queued bytes until they are taken
+/// out of it (or dropped with it).
+#[derive(Debug)]
+pub(crate) struct Charged<T: Default> {
+    pub packets: T,
+    bytes: usize,
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+impl Charged<PacketBuf> {
+    fn new(packets: PacketBuf, queued_bytes: &Arc<AtomicUsize>) -> Box<Self> {
+        let bytes = packets.iter().map(packet_bytes).sum();
+        queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Box::new(Self {
+            packets,
+            bytes,
+            queued_bytes: queued_bytes.clone(),
+        })
+    }
+}
+
+impl<T: Default> Charged<T> {
+    /// The packets, out of the queue: their bytes are no longer charged.
+    pub fn into_inner(mut self: Box<Self>) -> T {
+        std::mem::take(&mut self.packets)
+    }
+}
+
+impl<T: Default> Drop for Charged<T> {
+    fn drop(&mut self) {
+        self.queued_bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// What a queued packet holds in memory, as charged against `max_buffer_bytes`.
+fn packet_bytes(packet: &Packet) -> usize {
+    match packet {
+        Packet::Message(msg) => msg.len(),
+        Packet::Binary(data) | Packet::BinaryV3(data) => data.len(),
+        _ => 1,
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct InternalRx {
@@ -221,6 +267,9 @@ where
 
     /// Channel to send [PacketBuf] to the internal connection
     pub(crate) internal_tx: mpsc::Sender<Queued>,
+    /// Bytes of the packets in `internal_tx`'s queue; bounded by `max_buffer_bytes`.
+    queued_bytes: Arc<AtomicUsize>,
+    max_buffer_bytes: usize,
 
     /// Channel to send volatile [PacketBuf]s that bypass the internal buffer.
     /// Uses a [`watch`](tokio::sync::watch) channel so only the latest volatile
@@ -276,6 +325,8 @@ where
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
             internal_tx,
+            queued_bytes: Arc::default(),
+            max_buffer_bytes: config.max_buffer_bytes,
 
             volatile_tx,
 
@@ -298,14 +349,20 @@ where
         #[cfg(feature = "tracing")]
         tracing::debug!(?packet, "sending packet");
 
+        if matches!(packet, Packet::Message(_) | Packet::Binary(_) | Packet::BinaryV3(_))
+            && self.bytes_full()
+        {
+            self.overflowed.notify_one();
+            return Err(TrySendError::Full(packet));
+        }
         self.internal_tx
-            .try_send(Box::new(smallvec![packet]))
+            .try_send(Charged::new(smallvec![packet], &self.queued_bytes))
             .map_err(|p| match p {
-                TrySendError::Full(mut p) => {
+                TrySendError::Full(p) => {
                     self.overflowed.notify_one();
-                    TrySendError::Full(p.pop().unwrap())
+                    TrySendError::Full(p.into_inner().pop().unwrap())
                 }
-                TrySendError::Closed(mut p) => TrySendError::Closed(p.pop().unwrap()),
+                TrySendError::Closed(p) => TrySendError::Closed(p.into_inner().pop().unwrap()),
             })?;
         Ok(())
     }
@@ -397,7 +454,7 @@ where
             tracing::trace!(sid = ?self.id, "emitting ping");
 
             self.internal_tx
-                .try_send(Box::new(smallvec![Packet::Ping]))
+                .try_send(Charged::new(smallvec![Packet::Ping], &self.queued_bytes))
                 .map_err(|_| Error::HeartbeatTimeout)?;
 
             #[cfg(feature = "tracing")]
@@ -434,7 +491,7 @@ where
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "ping received, sending pong");
             self.internal_tx
-                .try_send(Box::new(smallvec![Packet::Pong]))
+                .try_send(Charged::new(smallvec![Packet::Pong], &self.queued_bytes))
                 .map_err(|_| Error::HeartbeatTimeout)?;
         }
     }
@@ -468,12 +525,29 @@ where
     /// If the socket is closed, the function will return a [`TrySendError::Closed`] error.
     #[inline]
     pub fn reserve(&self) -> Result<Permit<'_>, TrySendError<()>> {
+        if self.bytes_full() {
+            self.overflowed.notify_one();
+            return Err(TrySendError::Full(()));
+        }
         let permit = self.internal_tx.try_reserve().inspect_err(|e| {
             if matches!(e, TrySendError::Full(())) {
                 self.overflowed.notify_one();
             }
         })?;
-        Ok(Permit { inner: permit })
+        Ok(Permit {
+            inner: permit,
+            queued_bytes: &self.queued_bytes,
+        })
+    }
+
+    /// `packets`, charged to this socket's queue, ready to be sent into it.
+    pub(crate) fn charge(&self, packets: PacketBuf) -> Queued {
+        Charged::new(packets, &self.queued_bytes)
+    }
+
+    /// Whether the queued packets hold `max_buffer_bytes` or more.
+    fn bytes_full(&self) -> bool {
+        self.queued_bytes.load(Ordering::Relaxed) >= self.max_buffer_bytes
     }
 
     /// Emits a message to the client.
@@ -648,6 +722,8 @@ where
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
             internal_tx,
+            queued_bytes: Arc::default(),
+            max_buffer_bytes: usize::MAX,
 
             volatile_tx,
 
@@ -669,7 +745,7 @@ where
         tokio::spawn(async move {
             let mut internal_rx = sock_clone.internal_rx.try_lock().unwrap();
             while let Some(packets) = internal_rx.buffered_rx.recv().await {
-                for packet in *packets {
+                for packet in packets.into_inner() {
                     tx.send(packet).await.unwrap();
                 }
             }

@@ -204,6 +204,19 @@ impl<A: Adapter> SocketIoBuilder<A> {
         self
     }
 
+    /// The maximum number of bytes of messages that can be buffered per connection before
+    /// being emitted to the client. If the buffer holds that many or more, the `emit()` method
+    /// will return an error, as when it is full of packets.
+    ///
+    /// Defaults to no bound.
+    #[inline]
+    pub fn max_buffer_bytes(mut self, max_buffer_bytes: usize) -> Self {
+        self.engine_config_builder = self
+            .engine_config_builder
+            .max_buffer_bytes(max_buffer_bytes);
+        self
+    }
+
     /// The maximum size of a payload in bytes.
     /// If a payload is bigger than this value the `emit()` method will return an error.
     ///

@@ -231,24 +231,28 @@ mod rx_stream {
     use tokio::sync::{mpsc, watch};
     use tokio_util::sync::ReusableBoxFuture;
 
-    /// [`ReceiverStream`] is a stream that wraps a [`mpsc::Receiver`] of boxed items by
-    /// reference, and yields them unboxed. Allowing to use it as a stream even if it is behind
-    /// a mutex.
-    pub struct ReceiverStream<'a, T> {
-        inner: &'a mut mpsc::Receiver<Box<T>>,
+    use crate::socket::Charged;
+
+    /// [`ReceiverStream`] is a stream that wraps a [`mpsc::Receiver`] of boxed, charged items
+    /// by reference, and yields them out of the queue. Allowing to use it as a stream even if
+    /// it is behind a mutex.
+    pub struct ReceiverStream<'a, T: Default> {
+        inner: &'a mut mpsc::Receiver<Box<Charged<T>>>,
     }
 
-    impl<'a, T> ReceiverStream<'a, T> {
-        pub fn new(inner: &'a mut mpsc::Receiver<Box<T>>) -> Self {
+    impl<'a, T: Default> ReceiverStream<'a, T> {
+        pub fn new(inner: &'a mut mpsc::Receiver<Box<Charged<T>>>) -> Self {
             Self { inner }
         }
     }
 
-    impl<'a, T> Stream for ReceiverStream<'a, T> {
+    impl<'a, T: Default> Stream for ReceiverStream<'a, T> {
         type Item = T;
 
         fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-            self.inner.poll_recv(cx).map(|item| item.map(|boxed| *boxed))
+            self.inner
+                .poll_recv(cx)
+                .map(|item| item.map(Charged::into_inner))
         }
     }
 
@@ -302,7 +306,7 @@ mod rx_stream {
 
     pin_project! {
         /// Combines a [`WatchStream`] and a [`ReceiverStream`] into a single [`Stream`].
-        pub struct EncoderStream<'a, T> {
+        pub struct EncoderStream<'a, T: Default> {
             #[pin]
             watch: WatchStream<'a, Option<T>>,
             #[pin]
@@ -310,9 +314,9 @@ mod rx_stream {
         }
     }
 
-    impl<'a, T: Clone + Send + Sync + 'static> EncoderStream<'a, T> {
+    impl<'a, T: Clone + Default + Send + Sync + 'static> EncoderStream<'a, T> {
         pub fn new(
-            rx: &'a mut mpsc::Receiver<Box<T>>,
+            rx: &'a mut mpsc::Receiver<Box<Charged<T>>>,
             watch: &'a mut watch::Receiver<Option<T>>,
         ) -> Self {
             Self {
@@ -322,7 +326,7 @@ mod rx_stream {
         }
     }
 
-    impl<'a, T: Clone + Send + Sync + 'static> Stream for EncoderStream<'a, T> {
+    impl<'a, T: Clone + Default + Send + Sync + 'static> Stream for EncoderStream<'a, T> {
         type Item = T;
 
         fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {

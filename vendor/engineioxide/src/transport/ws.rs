@@ -329,9 +329,9 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
             items = buffered_rx.recv() => {
                 match items {
                     Some(mut packets) => {
-                        feed_packets(&mut tx, &socket, &mut packets).await;
+                        feed_packets(&mut tx, &socket, &mut packets.packets).await;
                         while let Ok(mut packets) = buffered_rx.try_recv() {
-                            feed_packets(&mut tx, &socket, &mut packets).await;
+                            feed_packets(&mut tx, &socket, &mut packets.packets).await;
                         }
                     }
                     None => break
@@ -463,7 +463,7 @@ where
     // We send a last Noop request to close a potential waiting polling request.
     socket
         .internal_tx
-        .send(Box::new(smallvec![Packet::Noop]))
+        .send(socket.charge(smallvec![Packet::Noop]))
         .await
         .map_err(|_| Error::Upgrade)?;
 
