@@ -375,7 +375,8 @@ pub(crate) enum JoinRefusal {
     Forbidden,
     RateLimited,
     TooManyRooms,
-    /// The socket's token reached its `exp` (it is about to be disconnected for it).
+    /// The socket's token reached its `exp` (it is about to be disconnected for it): the
+    /// token no longer allows any room, so the contract's code is `forbidden`.
     TokenExpired,
 }
 
@@ -386,7 +387,7 @@ impl JoinRefusal {
             JoinRefusal::Forbidden => "forbidden",
             JoinRefusal::RateLimited => "rate_limited",
             JoinRefusal::TooManyRooms => "too_many_rooms",
-            JoinRefusal::TokenExpired => "unauthorized",
+            JoinRefusal::TokenExpired => "forbidden",
         }
     }
 
@@ -419,11 +420,6 @@ async fn try_join(
     arg: &Value,
     limiter: &Mutex<JoinLimiter>,
 ) -> Result<(Room, bool), JoinRefusal> {
-    // A token's authority ends at its `exp`, even in the instant before the socket is
-    // disconnected for it.
-    if expiry::has_expired(socket) {
-        return Err(JoinRefusal::TokenExpired);
-    }
     // Every attempt counts against the rate, refused ones too: probing rooms or flooding with
     // invalid names costs a client its budget like real joins do.
     let allowed = limiter
@@ -433,6 +429,11 @@ async fn try_join(
     let room = room_of(arg)
         .and_then(|r| Room::parse(r).ok())
         .ok_or(JoinRefusal::InvalidRoom)?;
+    // A token's authority ends at its `exp`, even in the instant before the socket is
+    // disconnected for it (after the room check: `invalid_room` wins over `forbidden`).
+    if expiry::has_expired(socket) {
+        return Err(JoinRefusal::TokenExpired);
+    }
     // Set by the handshake middleware, which every connected socket went through; a socket
     // without one is refused rather than trusted.
     let principal = socket

@@ -260,8 +260,12 @@ export function connectNotifications<Data = unknown>(options: NotifyOptions<Data
         if (ack.reset) onReset({ room });
         return true;
       }
-      // A refusal is final for this connection; only a rate limit is worth another try later.
-      if (ack?.error !== 'rate_limited' && ack?.error !== 'unauthorized') refused.add(room);
+      // A refusal is final for this connection; only a rate limit is worth another try later,
+      // and a `forbidden` that came because the socket's token has just ended (the daemon is
+      // about to send token-expired: the room is joined again with the next token).
+      const expired = tokenExpired || (tokenExp(socketToken) ?? Infinity) * 1000 <= Date.now();
+      const retry = ack?.error === 'rate_limited' || (ack?.error === 'forbidden' && expired);
+      if (!retry) refused.add(room);
       report(ack?.error || 'join_failed', `join-room ${room} refused: ${ack?.error || 'no reason given'}`, { room });
     } catch {
       report('ack_timeout', `join-room ${room}: no acknowledgement`, { room });
