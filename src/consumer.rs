@@ -33,7 +33,7 @@ use crate::rooms::metric_category;
 /// the broker's ack, never the append or the emit.
 const ACK_DELAY: Duration = Duration::from_millis(5);
 /// Header with the time a record was appended (ms since the epoch), for the reader's lag.
-pub const APPENDED_AT_HEADER: &str = "x-notify-bridge-appended-ms";
+pub const APPENDED_AT_HEADER: &str = "x-notify-bridge-appended-us";
 /// Fingerprint of the queue message a record was appended from (only for messages without
 /// `messageId`), so that a reader can tell an append whose confirm never came did land.
 pub const SOURCE_HEADER: &str = "x-notify-bridge-source";
@@ -235,9 +235,7 @@ async fn handle(
     headers.insert(RECORD_HEADER.into(), AMQPValue::LongInt(1));
     headers.insert(
         APPENDED_AT_HEADER.into(),
-        AMQPValue::LongLongInt(
-            (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64,
-        ),
+        AMQPValue::LongLongInt(unix_micros()),
     );
     headers.insert(
         ROUTING_KEY_HEADER.into(),
@@ -259,15 +257,23 @@ async fn handle(
         .with_headers(headers);
     let record = envelope.to_record();
     // The default exchange routes by queue name: straight into the stream.
-    let confirm = appender
-        .basic_publish(
-            "".into(),
-            broker.config.stream.as_str().into(),
-            BasicPublishOptions::default(),
-            &record,
-            record_properties,
-        )
-        .await?;
+    let (appender, stream_name) = (appender.clone(), broker.config.stream.as_str().into());
+    let mut publish = Box::pin(async move {
+        appender
+            .basic_publish(
+                "".into(),
+                stream_name,
+                BasicPublishOptions::default(),
+                &record,
+                record_properties,
+            )
+            .await
+    });
+    // lapin queues the frames on the first poll, then waits for its I/O thread to have written
+    // them. That wait is left to the confirm future: a burst of deliveries is appended in one
+    // write rather than one I/O-thread round trip each, and the stream still gets them in the
+    // order of these first polls, the queue's.
+    let queued = futures_util::poll!(&mut publish);
     state
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -281,6 +287,10 @@ async fn handle(
     };
     let stream = broker.config.stream.clone();
     Ok(Some(Box::pin(async move {
+        let confirm = match queued {
+            std::task::Poll::Ready(confirm) => confirm?,
+            std::task::Poll::Pending => publish.await?,
+        };
         match tokio::time::timeout(PUBLISH_CONFIRM_TIMEOUT, confirm).await {
             Ok(Ok(confirmation)) if confirmation.is_ack() => Ok(handled),
             // The broker could not store it: end the session; the delivery and every later
@@ -290,6 +300,11 @@ async fn handle(
             Err(_) => Err(SessionError::AppendRefused(stream)),
         }
     })))
+}
+
+/// Microseconds since the epoch: the append time the stream reader measures the hop from.
+pub(crate) fn unix_micros() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000) as i64
 }
 
 /// Republishes a rejected message to the dead-letter exchange with its reason, then acks it.

@@ -265,15 +265,13 @@ fn read_one(broker: &Broker, delivery: &AmqpDelivery, marker: &str, drain: Optio
             );
             if live && matches!(outcome, Outcome::Delivered { .. }) {
                 fanout.observe_lag(&envelope);
-                if let Some(AMQPValue::LongLongInt(appended_ms)) =
+                if let Some(AMQPValue::LongLongInt(appended_us)) =
                     header(delivery, APPENDED_AT_HEADER)
                 {
-                    let now_ms =
-                        (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-                    broker
-                        .metrics
-                        .stream_lag
-                        .set((now_ms - appended_ms).max(0) as f64 / 1000.0);
+                    // Clocks of two instances may differ: a negative hop counts as none.
+                    let hop = (crate::consumer::unix_micros() - appended_us).max(0) as f64 / 1e6;
+                    broker.metrics.stream_lag.set(hop);
+                    broker.metrics.stream_hop.observe(hop);
                 }
             }
         }

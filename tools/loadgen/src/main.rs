@@ -2,8 +2,10 @@
 //! or fails nothing. See README.md beside this crate.
 
 mod amqp;
+mod bare_hop;
 mod fleet;
 mod floor;
+mod histogram;
 mod procstat;
 mod scenarios;
 mod sio;

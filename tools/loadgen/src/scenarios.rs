@@ -8,8 +8,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::amqp::{self, Confirmed, Plan, Publisher};
+use crate::bare_hop;
 use crate::fleet::{self, Fleet, Role};
 use crate::floor;
+use crate::histogram;
 use crate::procstat::{Proc, mib};
 use crate::sio::Endpoint;
 use crate::tally::{Shared, Tally, unix_micros};
@@ -59,28 +61,43 @@ struct Snapshot {
     cpu: Option<f64>,
     own_cpu: Option<f64>,
     stalled: Option<f64>,
+    /// The daemon's stream-hop histogram (append of a record to its read).
+    hop: Option<histogram::Buckets>,
 }
+
+/// The daemon's histogram of the stream hop.
+const STREAM_HOP: &str = "notify_bridge_stream_hop_seconds";
 
 impl Snapshot {
     async fn take(ctx: &Ctx) -> Self {
+        let text = metrics_text(ctx).await;
         Self {
             rss: ctx.daemon.rss_kib(),
             cpu: ctx.daemon.cpu_secs(),
             own_cpu: Proc::current().cpu_secs(),
-            stalled: metric(ctx, "notify_bridge_sockets_stalled_total").await,
+            stalled: text
+                .as_deref()
+                .map(|t| metric(t, "notify_bridge_sockets_stalled_total")),
+            hop: text
+                .as_deref()
+                .and_then(|t| histogram::parse(t, STREAM_HOP)),
         }
     }
 }
 
-/// The sum of a metric's series on the daemon's `/metrics`.
-async fn metric(ctx: &Ctx, name: &str) -> Option<f64> {
+/// The daemon's `/metrics`.
+async fn metrics_text(ctx: &Ctx) -> Option<String> {
     let response = ctx
         .http
         .get(format!("{}/metrics", ctx.base))
         .send()
         .await
         .ok()?;
-    let text = response.text().await.ok()?;
+    response.text().await.ok()
+}
+
+/// The sum of a metric's series in a text exposition.
+fn metric(text: &str, name: &str) -> f64 {
     let values = text.lines().filter_map(|line| {
         let rest = line.strip_prefix(name)?;
         if !(rest.starts_with(' ') || rest.starts_with('{')) {
@@ -88,7 +105,7 @@ async fn metric(ctx: &Ctx, name: &str) -> Option<f64> {
         }
         rest.rsplit(' ').next()?.parse::<f64>().ok()
     });
-    Some(values.sum())
+    values.sum()
 }
 
 fn delta(before: Option<f64>, after: Option<f64>) -> Option<f64> {
@@ -369,6 +386,8 @@ pub async fn latency(
         "stalled sockets  {} (daemon metric, during the run)",
         opt(delta(before.stalled, after.stalled))
     );
+    let hop = stream_hop(&before, &after);
+    println!("stream hop       {}", hop.line);
 
     // The same rate into a bare consumer in a process of its own: what consuming and acking
     // alone cost here, against which to read the daemon's CPU.
@@ -392,6 +411,28 @@ pub async fn latency(
             None
         }
     };
+    // The hop again without the daemon: what the broker and the client alone cost for it.
+    match bare_hop::measure(&ctx.amqp, plan.run, rate, floor_count).await {
+        Ok(h) if !h.is_empty() => {
+            let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+            println!(
+                "stream hop, bare p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3} ms over {} records \
+                 (a stream of our own at the same rate, appended and read as the daemon does, \
+                 no daemon)",
+                ms(0.5),
+                ms(0.9),
+                ms(0.99),
+                h.max() as f64 / 1000.0,
+                h.len()
+            );
+            ctx.summary
+                .put("latency.bare_hop_p50_ms", format!("{:.3}", ms(0.5)));
+            ctx.summary
+                .put("latency.bare_hop_p99_ms", format!("{:.3}", ms(0.99)));
+        }
+        Ok(_) => println!("stream hop, bare not measured: nothing was read back"),
+        Err(error) => println!("stream hop, bare not measured: {error}"),
+    }
 
     let s = &mut ctx.summary;
     s.put("latency.sockets", fleet_sockets(&tallies));
@@ -412,7 +453,41 @@ pub async fn latency(
     if let Some(c) = floor_per_10k {
         s.put("latency.floor_cpu_s_per_10k", format!("{c:.3}"));
     }
+    if let Some((p50, p99)) = hop.p50_p99 {
+        s.put("latency.stream_hop_p50_ms", format!("{:.3}", p50 * 1e3));
+        s.put("latency.stream_hop_p99_ms", format!("{:.3}", p99 * 1e3));
+    }
     Ok(())
+}
+
+/// The stream hop during a run, from the daemon's histogram.
+struct Hop {
+    line: String,
+    /// Seconds.
+    p50_p99: Option<(f64, f64)>,
+}
+
+fn stream_hop(before: &Snapshot, after: &Snapshot) -> Hop {
+    let (Some(b), Some(a)) = (&before.hop, &after.hop) else {
+        return Hop {
+            line: format!("n/a (no {STREAM_HOP} on the daemon: RabbitMQ off?)"),
+            p50_p99: None,
+        };
+    };
+    let q = |q| histogram::quantile(b, a, q);
+    let p50_p99 = q(0.5).zip(q(0.99));
+    let ms = |v: Option<f64>| opt(v.map(|s| format!("{:.3}", s * 1e3)));
+    Hop {
+        line: format!(
+            "p50 {}  p90 {}  p99 {} ms over {} records (daemon histogram: the active consumer's \
+             append of a record to this instance's read of it)",
+            ms(q(0.5)),
+            ms(q(0.9)),
+            ms(q(0.99)),
+            histogram::count(b, a)
+        ),
+        p50_p99,
+    }
 }
 
 fn fleet_sockets(tallies: &[(Role, Option<Tally>)]) -> usize {
@@ -535,7 +610,9 @@ pub async fn connections(ctx: &mut Ctx, count: u32) -> Result<()> {
     // Let allocator caches and the first heartbeat settle before reading RSS.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let with = ctx.daemon.rss_kib();
-    let gauge = metric(ctx, "notify_bridge_sockets_connected").await;
+    let gauge = metrics_text(ctx)
+        .await
+        .map(|t| metric(&t, "notify_bridge_sockets_connected"));
     let per_connection = match (before, with) {
         (Some(before), Some(with)) if fleet.connected > 0 => {
             Some(with.saturating_sub(before) as f64 / fleet.connected as f64)
