@@ -104,7 +104,7 @@ async fn hop(
                 let _ = latency.record(now.saturating_sub(sent));
             }
             read += 1;
-            if read % ACK_EVERY == 0 || read == count {
+            if read.is_multiple_of(ACK_EVERY) || read == count {
                 let _ = delivery.acker.ack(BasicAckOptions { multiple: true }).await;
             }
         }
