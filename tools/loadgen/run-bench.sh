@@ -153,6 +153,7 @@ row "latency p99 <= 5 ms (2000/s, 1000+10 sockets)" "$(get latency.p99_ms)" le 5
 row "latency p99.9 <= 20 ms" "$(get latency.p999_ms)" le 20 ms
 row "CPU <= 0.3 CPU-s per 10,000 notifications" "$(get latency.cpu_s_per_10k)" le 0.3 CPU-s
 row "throughput >= 60% of the bare consumer (1000+1 sockets)" "$(get throughput.ratio_pct)" ge 60 %
+row "  the same, of the broker's queue + stream hop limit" "$(get throughput.ratio_both_pct)" ge 60 %
 row "RSS <= 10 KiB per idle connection (10,000)" "$(get connections.kib_per_conn)" le 10 KiB
 row "connect+join >= 2000/s" "$(get connections.per_s)" ge 2000 /s
 row "HTTP polling >= 20,000 req/s" "$(get http.rps)" ge 20000 req/s
@@ -160,6 +161,8 @@ row "no loss (lost + misrouted, latency and throughput)" \
   "$(sum latency.lost latency.misrouted throughput.lost throughput.misrouted)" le 0 copies
 row "no duplicates (latency and throughput)" "$(sum latency.duplicated throughput.duplicated)" le 0 copies
 row "no failed connections (connections)" "$(get connections.failed)" le 0 sockets
+echo "stream hop in the latency run: p50 $(get latency.stream_hop_p50_ms), p99 $(get latency.stream_hop_p99_ms) ms in the daemon;" \
+  "p50 $(get latency.bare_hop_p50_ms), p99 $(get latency.bare_hop_p99_ms) ms bare (broker and client alone)"
 floor=$(get latency.floor_cpu_s_per_10k)
 echo "CPU floor: a bare lapin consumer alone, at the same rate in a process of its own, spends ${floor:-n/a} CPU-s per 10,000"
 echo "(logs and summaries in $OUT)"

@@ -3,7 +3,8 @@
 //! publisher confirms, through the default exchange), and read back the way every instance reads
 //! the stream (`x-stream-offset: next`, prefetch 1000, a `multiple` ack per 200). What it
 //! measures, publish to read, is what the broker and the AMQP client alone cost for the hop,
-//! against which to read the daemon's own `notify_bridge_stream_hop_seconds`.
+//! against which to read the daemon's own `notify_bridge_stream_hop_seconds`. Unpaced, it is
+//! the stream's ceiling: how fast the broker alone takes records through a stream and back.
 
 use std::time::Duration;
 
@@ -25,8 +26,19 @@ const ACK_EVERY: u64 = 200;
 /// The reader gives up when nothing arrives for this long.
 const IDLE: Duration = Duration::from_secs(10);
 
-/// Publish-to-read latency of the bare stream hop, in microseconds.
-pub async fn measure(url: &str, run: u64, rate: u64, count: u64) -> Result<Histogram<u64>> {
+/// Publishes in flight at once when unpaced.
+const IN_FLIGHT: usize = 64;
+
+pub struct Hop {
+    /// Publish to read, in microseconds.
+    pub latency: Histogram<u64>,
+    /// Records read back, and the seconds from the first publish to the last read.
+    pub read: u64,
+    pub secs: f64,
+}
+
+/// Appends `count` records at `rate` (or as fast as the broker takes them) and reads them back.
+pub async fn measure(url: &str, run: u64, rate: Option<u64>, count: u64) -> Result<Hop> {
     let stream = format!("loadgen-hop-{run}.log");
     let connection = amqp::connect(url, "loadgen stream hop").await?;
     let reader_connection = amqp::connect(url, "loadgen stream hop reader").await?;
@@ -45,9 +57,9 @@ async fn hop(
     connection: &lapin::Connection,
     reader_connection: &lapin::Connection,
     stream: &str,
-    rate: u64,
+    rate: Option<u64>,
     count: u64,
-) -> Result<Histogram<u64>> {
+) -> Result<Hop> {
     let e = |e: lapin::Error| e.to_string();
     let channel = connection.create_channel().await.map_err(e)?;
     let mut arguments = FieldTable::default();
@@ -89,6 +101,7 @@ async fn hop(
         .await
         .map_err(e)?;
 
+    let started = tokio::time::Instant::now();
     let read = tokio::spawn(async move {
         let mut latency = Histogram::<u64>::new(3).expect("histogram");
         let mut read = 0u64;
@@ -108,31 +121,47 @@ async fn hop(
                 let _ = delivery.acker.ack(BasicAckOptions { multiple: true }).await;
             }
         }
-        latency
+        Hop {
+            latency,
+            read,
+            secs: started.elapsed().as_secs_f64(),
+        }
     });
 
-    // Paced like the latency scenario: every millisecond, what is due by then.
-    let started = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let publish = || async {
+        let body = unix_micros().to_string();
+        channel
+            .basic_publish(
+                "".into(),
+                stream.into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+    };
     let mut confirms = Vec::with_capacity(count as usize);
-    let mut sent = 0u64;
-    while sent < count {
-        tick.tick().await;
-        let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
-        while sent < due.min(count) {
-            let body = unix_micros().to_string();
-            let confirm = channel
-                .basic_publish(
-                    "".into(),
-                    stream.into(),
-                    BasicPublishOptions::default(),
-                    body.as_bytes(),
-                    BasicProperties::default().with_delivery_mode(2),
-                )
-                .await
-                .map_err(e)?;
-            confirms.push(confirm);
-            sent += 1;
+    match rate {
+        // Paced like the latency scenario: every millisecond, what is due by then.
+        Some(rate) => {
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            let mut sent = 0u64;
+            while sent < count {
+                tick.tick().await;
+                let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+                while sent < due.min(count) {
+                    confirms.push(publish().await.map_err(e)?);
+                    sent += 1;
+                }
+            }
+        }
+        None => {
+            let mut published = futures_util::stream::iter(0..count)
+                .map(|_| publish())
+                .buffered(IN_FLIGHT);
+            while let Some(confirm) = published.next().await {
+                confirms.push(confirm.map_err(e)?);
+            }
         }
     }
     for confirm in confirms {

@@ -412,8 +412,9 @@ pub async fn latency(
         }
     };
     // The hop again without the daemon: what the broker and the client alone cost for it.
-    match bare_hop::measure(&ctx.amqp, plan.run, rate, floor_count).await {
-        Ok(h) if !h.is_empty() => {
+    match bare_hop::measure(&ctx.amqp, plan.run, Some(rate), floor_count).await {
+        Ok(hop) if !hop.latency.is_empty() => {
+            let h = hop.latency;
             let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
             println!(
                 "stream hop, bare p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3} ms over {} records \
@@ -513,6 +514,24 @@ pub async fn throughput(ctx: &mut Ctx, customers: u32, count: u64) -> Result<()>
         ceiling.consumed, ceiling.secs, ceiling_rate, ceiling.publish_rate
     );
 
+    // The bridge's path costs the broker more than a queue: each notification is also appended
+    // to the stream and read back. The same broker, through a stream alone:
+    let stream_ceiling = match bare_hop::measure(&ctx.amqp, plan.run, None, count).await {
+        Ok(hop) => {
+            let rate = per_sec(hop.read, hop.secs);
+            println!(
+                "stream ceiling   bare append (confirms) + read back (prefetch 1000) through a stream of our own: \
+                 {} of {count} in {:.2} s = {rate:.0} msg/s",
+                hop.read, hop.secs
+            );
+            Some(rate)
+        }
+        Err(error) => {
+            println!("stream ceiling   not measured: {error}");
+            None
+        }
+    };
+
     let plan = Plan {
         run: run_id(),
         ..plan
@@ -568,7 +587,20 @@ pub async fn throughput(ctx: &mut Ctx, customers: u32, count: u64) -> Result<()>
             " (gave up after 10 s without progress)"
         }
     );
-    println!("bridge/ceiling   {ratio:.1} %");
+    println!("bridge/ceiling   {ratio:.1} % of the bare queue consumer");
+    // Both hops on one broker: a queue delivery and a stream append + read per notification.
+    let combined = stream_ceiling
+        .filter(|s| *s > 0.0 && ceiling_rate > 0.0)
+        .map(|s| 1.0 / (1.0 / ceiling_rate + 1.0 / s));
+    if let Some(combined) = combined {
+        println!(
+            "bridge/both      {:.1} % of {combined:.0} msg/s, the broker's own limit for a queue hop plus a \
+             stream hop (1 / (1/ceiling + 1/stream ceiling))",
+            bridge_rate / combined * 100.0
+        );
+        ctx.summary
+            .put("throughput.ratio_both_pct", format!("{:.1}", bridge_rate / combined * 100.0));
+    }
     println!("queueing delay   {}", latency_line(&p));
     println!(
         "daemon CPU       {} s; RSS {} before, {} after",
