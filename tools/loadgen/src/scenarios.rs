@@ -598,8 +598,10 @@ pub async fn throughput(ctx: &mut Ctx, customers: u32, count: u64) -> Result<()>
              stream hop (1 / (1/ceiling + 1/stream ceiling))",
             bridge_rate / combined * 100.0
         );
-        ctx.summary
-            .put("throughput.ratio_both_pct", format!("{:.1}", bridge_rate / combined * 100.0));
+        ctx.summary.put(
+            "throughput.ratio_both_pct",
+            format!("{:.1}", bridge_rate / combined * 100.0),
+        );
     }
     println!("queueing delay   {}", latency_line(&p));
     println!(
