@@ -32,7 +32,8 @@ use crate::rooms::metric_category;
 /// How long a handled delivery's ack may wait for others to share its frame. It delays only
 /// the broker's ack, never the append or the emit.
 const ACK_DELAY: Duration = Duration::from_millis(5);
-/// Header with the time a record was appended (ms since the epoch), for the reader's lag.
+/// Header with the time a record was appended (µs since the epoch), for the reader's lag and
+/// the stream hop.
 pub const APPENDED_AT_HEADER: &str = "x-notify-bridge-appended-us";
 /// Fingerprint of the queue message a record was appended from (only for messages without
 /// `messageId`), so that a reader can tell an append whose confirm never came did land.

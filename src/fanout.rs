@@ -300,17 +300,12 @@ impl Fanout {
                         };
                         fetched.extend(items);
                         // More than the socket's queue can take answers a reset, as a gap would.
-                        if let Some(payloads) = self.payloads_within_budget(room, &fetched) {
-                            self.replay_locked(socket, room, payloads, false, source);
-                            return false;
-                        }
-                        let retained = ledger.retained(room, usize::MAX);
-                        let payloads = self.newest_within_budget(room, &retained);
-                        self.replay_locked(socket, room, payloads, true, "memory");
-                        return true;
+                        let (payloads, all) = self.newest_within_budget(room, &fetched);
+                        self.replay_locked(socket, room, payloads, !all, source);
+                        return !all;
                     }
                     Plan::Reset(items) => {
-                        let payloads = self.newest_within_budget(room, &items);
+                        let (payloads, _) = self.newest_within_budget(room, &items);
                         self.replay_locked(socket, room, payloads, true, "memory");
                         return true;
                     }
@@ -336,27 +331,15 @@ impl Fanout {
         let mut ledger = self.lock();
         pin.release(&mut ledger);
         let retained = ledger.retained(room, usize::MAX);
-        let payloads = self.newest_within_budget(room, &retained);
+        let (payloads, _) = self.newest_within_budget(room, &retained);
         self.replay_locked(socket, room, payloads, true, "memory");
         true
     }
 
-    /// The payloads of `items` in `room`, if together they fit in one join's byte budget.
-    fn payloads_within_budget(&self, room: &Room, items: &[Item]) -> Option<Vec<Box<RawValue>>> {
-        let mut bytes = 0;
-        items
-            .iter()
-            .map(|item| {
-                let json = payload(&self.ids, item, Some(room));
-                bytes += json.get().len();
-                (bytes <= self.join_replay_max_bytes).then_some(json)
-            })
-            .collect()
-    }
-
     /// The payloads of the newest of `items` in `room` that fit in one join's byte budget,
-    /// oldest first: a reset replays what it can, and says the rest is gone.
-    fn newest_within_budget(&self, room: &Room, items: &[Item]) -> Vec<Box<RawValue>> {
+    /// oldest first, and whether that is all of them: when not, the join answers a reset
+    /// (the client reloads), having replayed what it could.
+    fn newest_within_budget(&self, room: &Room, items: &[Item]) -> (Vec<Box<RawValue>>, bool) {
         let mut bytes = 0;
         let mut newest: Vec<Box<RawValue>> = items
             .iter()
@@ -368,7 +351,8 @@ impl Fanout {
             })
             .collect();
         newest.reverse();
-        newest
+        let all = newest.len() == items.len();
+        (newest, all)
     }
 
     /// Emits `payloads` to `socket` and joins it to `room`; the caller holds the ledger lock.
