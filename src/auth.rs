@@ -333,6 +333,24 @@ mod tests {
     }
 
     #[test]
+    fn an_exp_or_nbf_beyond_any_clock_is_answered_without_a_panic() {
+        let a = auth();
+        for exp in [
+            json!(u64::MAX),
+            json!(1e300),
+            json!(i64::MAX),
+            json!(f64::MAX),
+        ] {
+            // Accepted (it never ends) or refused: either way an answer.
+            if let Ok(verified) = a.verify(Some(&token(json!({"sub": "1", "exp": exp.clone()})))) {
+                assert!(verified.exp.is_some(), "{exp}");
+            }
+        }
+        let never_valid = token(json!({"sub": "1", "exp": u64::MAX, "nbf": u64::MAX}));
+        assert!(a.verify(Some(&never_valid)).is_err());
+    }
+
+    #[test]
     fn a_token_is_refused_before_its_nbf() {
         let a = auth();
         let later = token(json!({"sub": "1", "exp": in_an_hour(), "nbf": in_an_hour() - 1800}));

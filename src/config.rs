@@ -56,6 +56,8 @@ pub mod defaults {
     pub const MAX_PENDING_CONNECTIONS: usize = 1024;
     pub const MAX_ROOMS_PER_SOCKET: usize = 50;
     pub const JOIN_RATE_PER_SEC: u32 = 20;
+    /// Stream records one token subject's replays may read per minute (contract v3).
+    pub const REPLAY_BUDGET_PER_SUB: u64 = 100_000;
     pub const SOCKET_BUFFER: usize = 4096;
     pub const SOCKET_BUFFER_BYTES: usize = 4 << 20;
     /// Socket.IO's own heartbeat defaults; clients learn them in the handshake.
@@ -104,6 +106,7 @@ struct RawEnv {
     join_rate_per_sec: Option<String>,
     socket_buffer: Option<String>,
     socket_buffer_bytes: Option<String>,
+    replay_budget_per_sub: Option<String>,
     ping_interval_ms: Option<String>,
     ping_timeout_ms: Option<String>,
     shutdown_timeout_ms: Option<String>,
@@ -289,6 +292,9 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Most rooms one message may name (`MAX_RECIPIENTS`).
     pub max_recipients: usize,
+    /// Stream records the replays of one token subject may read per minute on this instance
+    /// (`REPLAY_BUDGET_PER_SUB`); a subject's stream replays also run one at a time.
+    pub replay_budget_per_sub: u64,
     /// Engine.IO heartbeat: the server pings this often, and closes a socket whose client has
     /// not answered within `ping_timeout` (dead peers, half-open TCP, stalled readers).
     pub ping_interval: Duration,
@@ -610,6 +616,13 @@ fn limits(raw: &RawEnv) -> Result<Limits, ConfigError> {
             defaults::SOCKET_BUFFER_BYTES,
             4096,
             1 << 30,
+        )?,
+        replay_budget_per_sub: parse_num(
+            "REPLAY_BUDGET_PER_SUB",
+            raw.replay_budget_per_sub.clone(),
+            defaults::REPLAY_BUDGET_PER_SUB,
+            1,
+            1_000_000_000,
         )?,
         max_message_bytes: parse_num(
             "MAX_MESSAGE_BYTES",

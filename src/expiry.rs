@@ -36,9 +36,12 @@ const IDLE: Duration = Duration::from_secs(3600);
 pub struct TokenExp(pub u64);
 
 impl TokenExp {
-    /// Has the token ended at `now`? It ends at the start of its `exp` second.
+    /// Has the token ended at `now`? It ends at the start of its `exp` second. An `exp` too
+    /// far away for the clock to represent never passes.
     pub fn has_passed(self, now: SystemTime) -> bool {
-        UNIX_EPOCH + Duration::from_secs(self.0) <= now
+        UNIX_EPOCH
+            .checked_add(Duration::from_secs(self.0))
+            .is_some_and(|end| end <= now)
     }
 }
 
@@ -190,12 +193,17 @@ impl Expiry {
     }
 }
 
-/// The runtime instant at which Unix time reaches `exp` (now, if it has).
+/// The runtime instant at which Unix time reaches `exp` (now, if it has), or [`IDLE`] from
+/// now if that is sooner: the task looks again then, and an `exp` years away (or beyond what
+/// the clock can represent) never overflows an instant.
 fn instant_of(exp: u64) -> tokio::time::Instant {
-    let left = (UNIX_EPOCH + Duration::from_secs(exp))
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO);
-    tokio::time::Instant::now() + left
+    let left = UNIX_EPOCH
+        .checked_add(Duration::from_secs(exp))
+        .map_or(IDLE, |end| {
+            end.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        });
+    tokio::time::Instant::now() + left.min(IDLE)
 }
 
 #[cfg(test)]
@@ -222,5 +230,19 @@ mod tests {
             + 10;
         let wake = instant_of(soon);
         assert!(wake > now + Duration::from_secs(8) && wake <= now + Duration::from_secs(11));
+    }
+
+    #[test]
+    fn an_exp_beyond_what_the_clock_holds_never_passes_and_never_overflows() {
+        assert!(!TokenExp(u64::MAX).has_passed(SystemTime::now()));
+        assert!(!TokenExp(u64::MAX / 2).has_passed(SystemTime::now()));
+        let now = tokio::time::Instant::now();
+        for exp in [u64::MAX, u64::MAX / 2, 4_000_000_000] {
+            let wake = instant_of(exp);
+            assert!(
+                wake > now && wake <= now + IDLE + Duration::from_secs(1),
+                "{exp}"
+            );
+        }
     }
 }

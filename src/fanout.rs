@@ -6,13 +6,21 @@
 //! window no longer holds.
 //!
 //! **Why a join with replay never overlaps live delivery.** `publish` accepts a notification
-//! into the ledger and emits it to the room's current sockets under one lock. A join takes the
-//! same lock to plan its replay, emit it, and add the socket to the room. So for a joining
-//! socket every notification is either accepted before that moment (its id is at most the
-//! ledger's head: it is in the replay) or after it (the socket is in the room: it is emitted
-//! live), never both and never neither. A replay that needs the stream first reads it without
-//! the lock, then, under the lock, checks that the memory window still holds everything after
-//! what it read; if the window moved on meanwhile it reads again (a bounded number of times).
+//! into the ledger and emits it to the room's current sockets under one lock. A join replays
+//! in rounds, each paced by the socket's queue: plan what follows its position under the lock,
+//! emit that (from memory or read from the stream) outside it, as fast as the socket reads,
+//! and move its position to the last id emitted. While it replays, the socket is not in the
+//! room, so nothing of the room is emitted to it live, and the ledger is pinned at its
+//! position so that what it has not replayed yet stays held. When what is left is held in
+//! memory and fits in the socket's queue next to live traffic, the last round emits it and
+//! adds the socket to the room under the lock. So for a joining socket every notification is
+//! either accepted before that moment (its id is at most the ledger's head: it is replayed)
+//! or after it (the socket is in the room: it is emitted live), never both and never
+//! neither. A replay reaches back `RABBITMQ_REPLAY_MAX` records whatever the socket's buffer;
+//! one whose socket stops reading is closed (see below).
+//!
+//! Replays from the stream are budgeted per token subject ([`crate::budget`]); a poll reads
+//! forward from its cursor, at most `limit` items and [`PAGE_BYTES`] a page.
 //!
 //! The payload is serialized once per room; socketioxide frames it once per socket. Emitting
 //! socket by socket, rather than through a room broadcast, is what tells which socket's buffer
@@ -24,23 +32,40 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 use socketioxide::extract::SocketRef;
 use socketioxide::{SendError, SocketError, SocketIo};
 use time::OffsetDateTime;
 
+use crate::budget::{Refused, ReplayBudget};
 use crate::envelope::Envelope;
 use crate::history::Item;
-use crate::ledger::{self, Accepted, Cursor, Ids, Ledger, Plan};
+use crate::ledger::{self, Accepted, Cursor, Ids, Ledger, PageBounds, Plan};
 use crate::metrics::{Metrics, SourceLabels};
 use crate::rooms::Room;
 
 /// The Socket.IO event every notification is emitted as.
 pub const EVENT: &str = "notification";
-/// Times a join re-reads the stream because the memory window moved on while it read.
-const JOIN_ATTEMPTS: usize = 3;
+/// Most items one round of a join's replay emits before it looks at the ledger again.
+const ROUND_ITEMS: usize = 256;
+/// Most payload bytes one round reads (from the stream) and emits.
+const ROUND_BYTES: usize = 1 << 20;
+/// Rounds one join may take before it gives up with a reset: a socket that reads more
+/// slowly than its room fills never catches up.
+const MAX_ROUNDS: usize = 1000;
+/// Packets of a socket's queue kept free for live traffic while a join replays into it.
+pub const LIVE_HEADROOM: usize = 64;
+/// How often a paced replay looks whether the socket's queue has room again.
+const DRAIN_TICK: Duration = Duration::from_millis(2);
+/// A socket whose queue has not moved for this long while a replay waits for it has stopped
+/// reading: it is closed as a stalled socket is.
+const STALL_AFTER: Duration = Duration::from_secs(5);
+/// Most bytes of notifications in one poll's answer (contract v3 section 6).
+pub const PAGE_BYTES: usize = 4 << 20;
+/// What a payload costs on top of its tail (id, room), for byte budgets.
+const PAYLOAD_OVERHEAD: usize = 96;
 
 /// The JSON text a client receives for `item` in `room` (`None`: the broadcast copy), contract
 /// section 3. Ids and room names only hold characters that need no escaping in JSON.
@@ -87,26 +112,71 @@ pub enum FetchError {
     /// The stream no longer holds the start of the range (retention).
     #[error("the stream no longer holds records that far back")]
     Truncated,
-    /// More items match than one replay may deliver.
-    #[error("more than {0} notifications to replay")]
-    TooMany(usize),
     #[error("the stream cannot be read: {0}")]
     Unavailable(String),
 }
 
-pub type FetchFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<Item>, FetchError>> + Send + 'a>>;
+/// How much one read of the stream may return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchLimits {
+    pub items: usize,
+    /// Payload bytes; the first item is returned whatever its size.
+    pub bytes: usize,
+}
+
+/// What one read of the stream returned.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    /// The room's items, oldest first.
+    pub items: Vec<Item>,
+    /// Every id up to here was read: `upto`, or the last item's id when a limit cut it short.
+    pub through: u64,
+    /// Stream records read (what the subject's budget is charged).
+    pub records: u64,
+}
+
+pub type FetchFuture<'a> = Pin<Box<dyn Future<Output = Result<Fetched, FetchError>> + Send + 'a>>;
 
 /// The history behind the memory window: the stream.
 pub trait DeepHistory: Send + Sync {
-    /// The items of `room` with ids in `(after, upto]`, oldest first; at most `max_items`
-    /// (more is [`FetchError::TooMany`]).
+    /// The oldest items of `room` with ids in `(after, upto]`, within `limits`.
     fn fetch<'a>(
         &'a self,
         room: &'a Room,
         after: u64,
         upto: u64,
-        max_items: usize,
+        limits: FetchLimits,
     ) -> FetchFuture<'a>;
+}
+
+/// What a payload of `item` costs against a byte budget.
+fn payload_cost(item: &Item) -> usize {
+    item.envelope.payload_tail().len() + PAYLOAD_OVERHEAD
+}
+
+/// A join's or a poll's `after` (contract v3 section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After<'a> {
+    /// None given: no replay.
+    None,
+    Cursor(&'a str),
+    /// Not a non-empty string: an unknown cursor (retained history, `reset: true`).
+    Malformed,
+}
+
+/// Why a join did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinError {
+    /// The subject's replay budget is spent (or its turn did not come).
+    RateLimited(Refused),
+    /// The socket went away, or stopped reading and was closed.
+    Gone,
+}
+
+/// Why a read of the stream for a join or poll did not happen.
+enum ReadError {
+    Refused(Refused),
+    Fetch(FetchError),
 }
 
 /// One answer to a poll.
@@ -154,10 +224,14 @@ pub struct Fanout {
     metrics: Arc<Metrics>,
     /// The stream, once the broker side exists.
     deep: OnceLock<Arc<dyn DeepHistory>>,
-    /// Most items one join may replay: what fits in a socket's queue next to live traffic.
-    join_replay_max: usize,
-    /// Most payload bytes one join may replay, likewise.
-    join_replay_max_bytes: usize,
+    /// Packets of a socket's queue a replay leaves for live traffic.
+    headroom_slots: usize,
+    /// Bytes of a socket's queue (`SOCKET_BUFFER_BYTES`) a replay leaves for live traffic.
+    headroom_bytes: usize,
+    /// A socket's whole byte bound: a replay may always add to an empty queue.
+    socket_bytes: usize,
+    /// Stream records each token subject may read, one replay at a time.
+    budget: ReplayBudget,
 }
 
 impl Fanout {
@@ -165,8 +239,9 @@ impl Fanout {
         io: SocketIo,
         ledger: Ledger,
         metrics: Arc<Metrics>,
-        join_replay_max: usize,
-        join_replay_max_bytes: usize,
+        socket_slots: usize,
+        socket_bytes: usize,
+        budget: ReplayBudget,
     ) -> Self {
         Self {
             io,
@@ -174,9 +249,17 @@ impl Fanout {
             ledger: Mutex::new(ledger),
             metrics,
             deep: OnceLock::new(),
-            join_replay_max,
-            join_replay_max_bytes,
+            headroom_slots: LIVE_HEADROOM.min(socket_slots / 2),
+            // A quarter of the bytes is kept for live traffic.
+            headroom_bytes: socket_bytes / 4,
+            socket_bytes,
+            budget,
         }
+    }
+
+    /// The replay budget, which the stream reader's queue reports its waiting to as well.
+    pub fn budget(&self) -> &ReplayBudget {
+        &self.budget
     }
 
     /// Connects the stream, for replays beyond the memory window.
@@ -262,97 +345,186 @@ impl Fanout {
     }
 
     /// Joins `socket` to `room`; with `after`, first emits the room's notifications after that
-    /// cursor to this socket, in order. Returns whether the answer is a reset.
-    pub async fn join(&self, socket: &SocketRef, room: &Room, after: Option<&str>) -> bool {
-        let name = room.as_str().to_owned();
+    /// cursor to this socket, in order, paced by how fast it reads (see the module doc).
+    /// Returns whether the answer is a reset. The caller serializes one socket's joins.
+    pub async fn join(
+        &self,
+        socket: &SocketRef,
+        room: &Room,
+        after: After<'_>,
+        subject: &str,
+    ) -> Result<bool, JoinError> {
         // Already in the room: it has everything, and replaying again would double it.
         if socket.rooms().iter().any(|r| r == room.as_str()) {
-            return false;
+            return Ok(false);
         }
-        let Some(after) = after else {
-            socket.join(name);
-            return false;
+        let after = match after {
+            After::None => {
+                socket.join(room.as_str().to_owned());
+                return Ok(false);
+            }
+            After::Cursor(cursor) => Some(cursor),
+            After::Malformed => None,
         };
-        let mut fetched: Vec<Item> = Vec::new();
-        let mut resume: Option<u64> = None;
-        // Keeps the window from moving past what a fetch reads while it reads.
+        let mut cursor = match after {
+            Some(after) => self.lock().parse_cursor(Some(after)),
+            None => Cursor::Unknown,
+        };
+        let mut reset = false;
+        let mut from_stream = false;
+        // Keeps what follows the replay's position held while it is paced.
         let mut pin = ReplayPin {
             fanout: self,
             room,
             id: None,
         };
-        for _ in 0..JOIN_ATTEMPTS {
-            let (from, upto) = {
+        for _ in 0..MAX_ROUNDS {
+            let step = {
                 let mut ledger = self.lock();
-                let cursor = match resume {
-                    Some(id) => Cursor::At(id),
-                    None => ledger.parse_cursor(Some(after)),
-                };
-                let plan = ledger.plan(room, cursor, usize::MAX);
-                // Released once what it kept is planned: the window may shrink again.
-                pin.release(&mut ledger);
-                match plan {
-                    Plan::Held(items) => {
-                        let source = if fetched.is_empty() {
-                            "memory"
+                match ledger.plan(room, cursor, ROUND_ITEMS + 1) {
+                    Plan::Held(items) if self.fits_now(socket, &items) => {
+                        let payloads: Vec<_> = items
+                            .iter()
+                            .map(|item| payload(&self.ids, item, Some(room)))
+                            .collect();
+                        pin.release(&mut ledger);
+                        self.replay_locked(socket, room, payloads, reset, from_stream);
+                        drop(ledger);
+                        return if socket.connected() {
+                            Ok(reset)
                         } else {
-                            "stream"
+                            Err(JoinError::Gone)
                         };
-                        fetched.extend(items);
-                        // More than the socket's queue can take answers a reset, as a gap would.
-                        let (payloads, all) = self.newest_within_budget(room, &fetched);
-                        self.replay_locked(socket, room, payloads, !all, source);
-                        return !all;
+                    }
+                    Plan::Held(mut items) => {
+                        keep_within(&mut items, ROUND_ITEMS, ROUND_BYTES);
+                        if let Cursor::At(at) = cursor {
+                            pin.move_to(&mut ledger, at);
+                        }
+                        Step::Emit(items)
                     }
                     Plan::Reset(items) => {
-                        let (payloads, _) = self.newest_within_budget(room, &items);
-                        self.replay_locked(socket, room, payloads, true, "memory");
-                        return true;
+                        // What is retained is replayed from its start, with `reset: true`.
+                        reset = true;
+                        match items.first() {
+                            Some(first) => {
+                                cursor = Cursor::At(first.id - 1);
+                                pin.move_to(&mut ledger, first.id - 1);
+                            }
+                            None => cursor = Cursor::At(ledger.head()),
+                        }
+                        continue;
                     }
                     Plan::Fetch { after, upto, .. } => {
-                        ledger.pin(room, upto);
-                        pin.id = Some(upto);
-                        (after, upto)
+                        pin.move_to(&mut ledger, upto);
+                        Step::Fetch { after, upto }
                     }
                 }
             };
-            let budget = self.join_replay_max.saturating_sub(fetched.len());
-            match self.fetch(room, from, upto, budget).await {
-                Ok(items) => {
-                    fetched.extend(items);
-                    resume = Some(upto);
+            let items = match step {
+                Step::Emit(items) => items,
+                Step::Fetch { after, upto } => {
+                    let limits = FetchLimits {
+                        items: ROUND_ITEMS,
+                        bytes: ROUND_BYTES,
+                    };
+                    from_stream = true;
+                    match self.fetch(subject, room, after, upto, limits).await {
+                        Ok(fetched) => {
+                            self.emit_paced(socket, room, &fetched.items).await?;
+                            cursor = Cursor::At(fetched.through);
+                            continue;
+                        }
+                        Err(ReadError::Refused(refused)) => {
+                            return Err(JoinError::RateLimited(refused));
+                        }
+                        Err(ReadError::Fetch(error)) => {
+                            tracing::debug!(%room, %error, "replay from the stream failed: reset");
+                            // What the memory window retains, from its start.
+                            let mut ledger = self.lock();
+                            reset = true;
+                            let retained = ledger.retained(room, 1);
+                            let at = retained.first().map_or(ledger.head(), |item| item.id - 1);
+                            pin.move_to(&mut ledger, at);
+                            cursor = Cursor::At(at);
+                            continue;
+                        }
+                    }
                 }
-                Err(error) => {
-                    tracing::debug!(%room, %error, "replay from the stream failed: reset");
-                    break;
-                }
+            };
+            self.emit_paced(socket, room, &items).await?;
+            if let Some(last) = items.last() {
+                cursor = Cursor::At(last.id);
             }
         }
+        // A socket that reads more slowly than its room fills: it joins now, told it missed
+        // some.
+        tracing::debug!(sid = %socket.id, %room, "replay did not catch up: reset");
         let mut ledger = self.lock();
         pin.release(&mut ledger);
-        let retained = ledger.retained(room, usize::MAX);
-        let (payloads, _) = self.newest_within_budget(room, &retained);
-        self.replay_locked(socket, room, payloads, true, "memory");
-        true
+        self.replay_locked(socket, room, Vec::new(), true, from_stream);
+        Ok(true)
     }
 
-    /// The payloads of the newest of `items` in `room` that fit in one join's byte budget,
-    /// oldest first, and whether that is all of them: when not, the join answers a reset
-    /// (the client reloads), having replayed what it could.
-    fn newest_within_budget(&self, room: &Room, items: &[Item]) -> (Vec<Box<RawValue>>, bool) {
-        let mut bytes = 0;
-        let mut newest: Vec<Box<RawValue>> = items
-            .iter()
-            .rev()
-            .map(|item| payload(&self.ids, item, Some(room)))
-            .take_while(|json| {
-                bytes += json.get().len();
-                bytes <= self.join_replay_max_bytes
-            })
-            .collect();
-        newest.reverse();
-        let all = newest.len() == items.len();
-        (newest, all)
+    /// Can `items` go into `socket`'s queue now, leaving room for live traffic?
+    fn fits_now(&self, socket: &SocketRef, items: &[Item]) -> bool {
+        if items.len() > ROUND_ITEMS {
+            return false;
+        }
+        let (slots, bytes) = socket.queue_room();
+        let needed: usize = items.iter().map(payload_cost).sum();
+        slots >= items.len() + self.headroom_slots
+            && (bytes >= needed + self.headroom_bytes || items.is_empty())
+    }
+
+    /// Emits `items` to `socket` one by one, each once its queue has room next to live
+    /// traffic. A socket that does not read for [`STALL_AFTER`] is closed.
+    async fn emit_paced(
+        &self,
+        socket: &SocketRef,
+        room: &Room,
+        items: &[Item],
+    ) -> Result<(), JoinError> {
+        for item in items {
+            let json = payload(&self.ids, item, Some(room));
+            self.wait_for_room(socket, json.get().len()).await?;
+            let mut stalled = Vec::new();
+            emit_to([socket.clone()], &json, &mut stalled);
+            if !stalled.is_empty() {
+                self.drop_stalled(stalled);
+                return Err(JoinError::Gone);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until `socket`'s queue can take `bytes` more and still leave live traffic its
+    /// headroom.
+    async fn wait_for_room(&self, socket: &SocketRef, bytes: usize) -> Result<(), JoinError> {
+        let mut last = socket.queue_room();
+        let mut moved_at = Instant::now();
+        loop {
+            if !socket.connected() {
+                return Err(JoinError::Gone);
+            }
+            let room = socket.queue_room();
+            let (slots, free) = room;
+            let empty = free >= self.socket_bytes;
+            if slots > self.headroom_slots && (free >= bytes + self.headroom_bytes || empty) {
+                return Ok(());
+            }
+            if room != last {
+                last = room;
+                moved_at = Instant::now();
+            } else if moved_at.elapsed() >= STALL_AFTER {
+                self.metrics.sockets_stalled.inc();
+                tracing::warn!(sid = %socket.id, "socket stopped reading during a replay: closed; its client reconnects and replays");
+                socket.leave_all();
+                socket.close_overflowed();
+                return Err(JoinError::Gone);
+            }
+            tokio::time::sleep(DRAIN_TICK).await;
+        }
     }
 
     /// Emits `payloads` to `socket` and joins it to `room`; the caller holds the ledger lock.
@@ -362,7 +534,7 @@ impl Fanout {
         room: &Room,
         payloads: Vec<Box<RawValue>>,
         reset: bool,
-        source: &'static str,
+        from_stream: bool,
     ) {
         let mut stalled = Vec::new();
         for json in &payloads {
@@ -372,35 +544,64 @@ impl Fanout {
         if reset {
             self.metrics.resets.inc();
         } else {
-            self.metrics
-                .replays
-                .get_or_create(&SourceLabels { source })
-                .inc();
+            self.count_replay(from_stream);
         }
         self.drop_stalled(stalled);
     }
 
+    fn count_replay(&self, from_stream: bool) {
+        let source = if from_stream { "stream" } else { "memory" };
+        self.metrics
+            .replays
+            .get_or_create(&SourceLabels { source })
+            .inc();
+    }
+
+    /// Reads `(after, upto]` of `room` from the stream, on `subject`'s budget.
     async fn fetch(
         &self,
+        subject: &str,
         room: &Room,
         after: u64,
         upto: u64,
-        max_items: usize,
-    ) -> Result<Vec<Item>, FetchError> {
-        match self.deep.get() {
-            Some(deep) => deep.fetch(room, after, upto, max_items).await,
-            None => Err(FetchError::Unavailable("no stream".into())),
-        }
+        limits: FetchLimits,
+    ) -> Result<Fetched, ReadError> {
+        let Some(deep) = self.deep.get() else {
+            return Err(ReadError::Fetch(FetchError::Unavailable(
+                "no stream".into(),
+            )));
+        };
+        let ticket = self
+            .budget
+            .turn(subject)
+            .await
+            .map_err(ReadError::Refused)?;
+        let fetched = deep
+            .fetch(room, after, upto, limits)
+            .await
+            .map_err(ReadError::Fetch)?;
+        ticket.charge(fetched.records);
+        Ok(fetched)
     }
 
     /// A polling read (`GET /api/notifications`): the oldest `limit` items of `rooms` after
-    /// `after`, merged in id order.
-    pub async fn read(&self, rooms: &[Room], after: Option<&str>, limit: usize) -> Page {
+    /// `after` (at most [`PAGE_BYTES`] of them, at least one), merged in id order.
+    pub async fn read(
+        &self,
+        rooms: &[Room],
+        after: After<'_>,
+        limit: usize,
+        subject: &str,
+    ) -> Result<Page, Refused> {
         let mut unique = HashSet::new();
         let rooms: Vec<&Room> = rooms.iter().filter(|r| unique.insert(*r)).collect();
         let (cursor, head, plans) = {
             let ledger = self.lock();
-            let cursor = ledger.parse_cursor(after);
+            let cursor = match after {
+                After::None => Cursor::Start,
+                After::Cursor(after) => ledger.parse_cursor(Some(after)),
+                After::Malformed => Cursor::Unknown,
+            };
             let plans: Vec<Plan> = rooms
                 .iter()
                 .map(|r| ledger.plan(r, cursor, limit))
@@ -410,21 +611,36 @@ impl Fanout {
         let mut items: Vec<(Room, Item)> = Vec::new();
         let mut reset = false;
         let mut from_stream = false;
+        // A room whose read stopped short: nothing after this id is known for it yet.
+        let mut horizon = u64::MAX;
+        let limits = FetchLimits {
+            items: limit,
+            bytes: PAGE_BYTES,
+        };
         for (room, plan) in rooms.iter().zip(plans) {
             let room = (*room).clone();
             match plan {
                 Plan::Held(held) => items.extend(held.into_iter().map(|i| (room.clone(), i))),
                 Plan::Reset(_) => reset = true,
                 Plan::Fetch { after, upto, then } => {
-                    match self.fetch(&room, after, upto, limit).await {
+                    match self.fetch(subject, &room, after, upto, limits).await {
                         // A poll is a snapshot: `then` is still what followed the fetched range
                         // when it was planned, whatever was evicted since.
                         Ok(fetched) => {
                             from_stream = true;
-                            items
-                                .extend(fetched.into_iter().chain(then).map(|i| (room.clone(), i)));
+                            if fetched.through < upto {
+                                horizon = horizon.min(fetched.through);
+                            }
+                            items.extend(
+                                fetched
+                                    .items
+                                    .into_iter()
+                                    .chain(then)
+                                    .map(|i| (room.clone(), i)),
+                            );
                         }
-                        Err(error) => {
+                        Err(ReadError::Refused(refused)) => return Err(refused),
+                        Err(ReadError::Fetch(error)) => {
                             tracing::debug!(%room, %error, "replay from the stream failed: reset");
                             reset = true;
                         }
@@ -445,21 +661,22 @@ impl Fanout {
                 })
                 .collect();
             self.metrics.resets.inc();
-        } else if after.is_some() {
-            let source = if from_stream { "stream" } else { "memory" };
-            self.metrics
-                .replays
-                .get_or_create(&SourceLabels { source })
-                .inc();
+        } else if after != After::None {
+            self.count_replay(from_stream);
         }
         let asked = if reset { Cursor::Start } else { cursor };
-        let (items, cursor) = ledger::page(items, limit, head, asked);
-        Page {
+        let bounds = PageBounds {
+            limit,
+            max_bytes: PAGE_BYTES,
+            horizon: if reset { u64::MAX } else { horizon },
+        };
+        let (items, cursor) = ledger::page(items, bounds, payload_cost, head, asked);
+        Ok(Page {
             items,
             ids: self.ids.clone(),
             cursor: self.ids.format(cursor),
             reset,
-        }
+        })
     }
 
     /// Drops history rooms that have been idle too long.
@@ -506,6 +723,37 @@ impl ReplayPin<'_> {
             ledger.unpin(self.room, id);
         }
     }
+
+    /// Pins at `id` instead (the new pin first, so nothing is let go in between).
+    fn move_to(&mut self, ledger: &mut Ledger, id: u64) {
+        if self.id == Some(id) {
+            return;
+        }
+        ledger.pin(self.room, id);
+        self.release(ledger);
+        self.id = Some(id);
+    }
+}
+
+/// What one round of a join's replay does outside the lock.
+enum Step {
+    Emit(Vec<Item>),
+    Fetch { after: u64, upto: u64 },
+}
+
+/// Keeps the oldest of `items` within `max` items and `max_bytes` of payloads (at least one).
+fn keep_within(items: &mut Vec<Item>, max: usize, max_bytes: usize) {
+    let mut bytes = 0;
+    let keep = items
+        .iter()
+        .take(max)
+        .take_while(|item| {
+            bytes += payload_cost(item);
+            bytes <= max_bytes
+        })
+        .count()
+        .max(1);
+    items.truncate(keep);
 }
 
 impl Drop for ReplayPin<'_> {

@@ -28,6 +28,7 @@ use crate::AppState;
 use crate::auth::{Principal, bearer_token};
 use crate::config::CorsOrigins;
 use crate::envelope::{self, CategoryFrom, Rejection, Source};
+use crate::fanout::After;
 use crate::metrics::HttpLabels;
 use crate::rooms::Room;
 
@@ -74,6 +75,9 @@ pub enum ApiError {
     /// The body was read and refused by the parser.
     Rejected(Rejection),
     BrokerUnavailable,
+    /// Answering needs the stream and the subject's replay budget is spent: retry after this
+    /// many seconds.
+    RateLimited(u64),
     NotFound,
     MethodNotAllowed,
     NotReady(String),
@@ -156,6 +160,14 @@ impl ApiError {
                 "broker_unavailable",
                 "the message broker did not confirm the notification; retry later".into(),
             ),
+            RateLimited(retry_after) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "this token's replays have read as much of the stream as they may for now; \
+                     retry in {retry_after} s"
+                ),
+            ),
             NotFound => (
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -174,7 +186,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message) = self.parts();
-        (status, Json(json!({ "error": code, "message": message }))).into_response()
+        let mut response =
+            (status, Json(json!({ "error": code, "message": message }))).into_response();
+        if let ApiError::RateLimited(retry_after) = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        response
     }
 }
 
@@ -493,7 +512,17 @@ async fn poll(
     if let Some(room) = rooms.iter().find(|room| !principal.can_read(room)) {
         return Err(ApiError::RoomForbidden(room.clone()));
     }
-    let page = app.fanout.read(&rooms, after.as_deref(), limit).await;
+    // An empty `after=` is a malformed cursor (contract v3 section 3).
+    let after = match after.as_deref() {
+        None => After::None,
+        Some("") => After::Malformed,
+        Some(cursor) => After::Cursor(cursor),
+    };
+    let page = app
+        .fanout
+        .read(&rooms, after, limit, &principal.label())
+        .await
+        .map_err(|refused| ApiError::RateLimited(refused.retry_after_secs()))?;
     let body = page.to_json();
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

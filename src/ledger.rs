@@ -313,17 +313,44 @@ impl Ledger {
     }
 }
 
-/// Merges the items of several rooms into one page: oldest first, at most `limit`, with the
+/// How much one page may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct PageBounds {
+    pub limit: usize,
+    /// Bytes, as the page's `cost` counts them; the first item is taken whatever its size.
+    pub max_bytes: usize,
+    /// Nothing after this id is known for every room (a read of one stopped short there).
+    pub horizon: u64,
+}
+
+/// Merges the items of several rooms into one page: oldest first, within `bounds`, with the
 /// cursor to continue from. The cursor is the last returned id, or the head when nothing is
 /// returned, and never older than the cursor asked with.
 pub fn page(
     mut items: Vec<(Room, Item)>,
-    limit: usize,
+    bounds: PageBounds,
+    cost: impl Fn(&Item) -> usize,
     head: u64,
     asked: Cursor,
 ) -> (Vec<(Room, Item)>, u64) {
+    let PageBounds {
+        limit,
+        max_bytes,
+        horizon,
+    } = bounds;
+    items.retain(|(_, item)| item.id <= horizon);
     items.sort_by_key(|(_, item)| item.id);
     items.truncate(limit);
+    let mut bytes = 0;
+    let within = items
+        .iter()
+        .take_while(|(_, item)| {
+            bytes += cost(item);
+            bytes <= max_bytes
+        })
+        .count()
+        .max(1);
+    items.truncate(within);
     let floor = match asked {
         Cursor::At(n) | Cursor::Ahead(n) => n,
         Cursor::Start | Cursor::Unknown => 0,
@@ -380,6 +407,65 @@ mod tests {
         }
     }
 
+    fn unbounded(limit: usize) -> PageBounds {
+        PageBounds {
+            limit,
+            max_bytes: usize::MAX,
+            horizon: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn a_page_is_bounded_in_bytes_and_by_the_room_read_that_stopped_short() {
+        let mut ledger = Ledger::local(history(100), 100);
+        for _ in 0..10 {
+            accept(&mut ledger, None, to(1)); // customer:1 and cms:dashboard
+        }
+        let items = |r: &str| -> Vec<(Room, Item)> {
+            let r = room(r);
+            held_items(ledger.plan(&r, Cursor::At(2), 100))
+                .into_iter()
+                .map(|i| (r.clone(), i))
+                .collect()
+        };
+        // Each item costs 10: 35 bytes hold three.
+        let bounds = PageBounds {
+            limit: 100,
+            max_bytes: 35,
+            horizon: u64::MAX,
+        };
+        let (got, cursor) = page(items("customer:1"), bounds, |_| 10, 10, Cursor::At(2));
+        assert_eq!(got.iter().map(|(_, i)| i.id).collect::<Vec<_>>(), [3, 4, 5]);
+        assert_eq!(cursor, 5, "the next page starts after what was returned");
+        // The first item is returned whatever its size.
+        let tiny = PageBounds {
+            max_bytes: 1,
+            ..bounds
+        };
+        let (got, _) = page(items("customer:1"), tiny, |_| 10, 10, Cursor::At(2));
+        assert_eq!(got.len(), 1);
+        // One room's read stopped at 6: the other room's items after it wait for the next page,
+        // or the first room's 7.. would be skipped.
+        let mut both = items("customer:1");
+        both.retain(|(_, i)| i.id <= 6);
+        both.extend(items("cms:dashboard"));
+        let short = PageBounds {
+            horizon: 6,
+            ..unbounded(100)
+        };
+        let (got, cursor) = page(both, short, |_| 10, 10, Cursor::At(2));
+        assert!(got.iter().all(|(_, i)| i.id <= 6));
+        assert_eq!(got.len(), 8, "3..=6 in both rooms");
+        assert_eq!(cursor, 6);
+    }
+
+    fn held_items(plan: Plan) -> Vec<Item> {
+        match plan {
+            Plan::Held(items) => items,
+            other => panic!("expected held items, got {other:?}"),
+        }
+    }
+
     fn held(plan: Plan) -> Vec<u64> {
         match plan {
             Plan::Held(items) => ids(&items),
@@ -426,7 +512,12 @@ mod tests {
             let asked = cursor;
             let (items, next) = page(
                 items.into_iter().map(|i| (r.clone(), i)).collect(),
-                3,
+                PageBounds {
+                    limit: 3,
+                    max_bytes: usize::MAX,
+                    horizon: u64::MAX,
+                },
+                |_| 1,
                 ledger.head(),
                 asked,
             );
@@ -593,7 +684,7 @@ mod tests {
             Vec::<u64>::new()
         );
         // The answer's cursor is never older than the one asked with.
-        let (_, cursor) = page(Vec::new(), 100, ledger.head(), ahead);
+        let (_, cursor) = page(Vec::new(), unbounded(100), |_| 1, ledger.head(), ahead);
         assert_eq!(cursor, 50);
     }
 
@@ -710,7 +801,7 @@ mod tests {
                 items.extend(held.into_iter().map(|i| (r.clone(), i)));
             }
         }
-        let (page, cursor) = page(items, 2, ledger.head(), Cursor::Start);
+        let (page, cursor) = page(items, unbounded(2), |_| 1, ledger.head(), Cursor::Start);
         let got: Vec<(String, u64)> = page.iter().map(|(r, i)| (r.to_string(), i.id)).collect();
         assert_eq!(
             got,

@@ -9,7 +9,8 @@
 //!   message body and a stream record. No I/O.
 //! - `dedupe`, `history`, `ledger`: the core, no I/O: what was seen before, each room's memory
 //!   window, and the ledger that numbers notifications and answers "what follows cursor C".
-//! - `fanout`: emits the ledger's answers to this instance's sockets; joins and polls.
+//! - `fanout`: emits the ledger's answers to this instance's sockets; joins and polls;
+//!   `budget`: what each token subject may read from the stream.
 //! - `amqp` (connection, topology, supervisor), `consumer` (the queue's active consumer:
 //!   validate, dead-letter, append to the stream), `stream` (every instance reads the stream;
 //!   replays beyond the memory window).
@@ -22,6 +23,7 @@
 
 pub(crate) mod amqp;
 pub(crate) mod auth;
+pub(crate) mod budget;
 pub mod cli;
 pub mod config;
 pub(crate) mod consumer;
@@ -87,8 +89,6 @@ impl AppState {
 const SOCKET_FLUSH_GRACE: Duration = Duration::from_millis(500);
 /// How often idle history rooms are looked for.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
-/// Packets of a socket's queue kept free for live traffic while a join replays into it.
-const LIVE_HEADROOM: usize = 64;
 
 /// Serves on `listener` until `shutdown` is cancelled, then drains within `SHUTDOWN_TIMEOUT_MS`.
 pub async fn run(
@@ -115,13 +115,19 @@ pub async fn run(
     } else {
         Ledger::local(config.history.clone(), config.dedupe_window)
     };
+    let budget = budget::ReplayBudget::new(
+        config.limits.replay_budget_per_sub,
+        metrics.replays_waiting.clone(),
+        metrics.replays_refused.clone(),
+        metrics.replay_records.clone(),
+    );
     let fanout = Arc::new(Fanout::new(
         io.clone(),
         ledger,
         metrics.clone(),
-        socket_buffer.saturating_sub(LIVE_HEADROOM),
-        // A quarter of the bytes is kept for live traffic, as LIVE_HEADROOM is of the packets.
-        config.limits.socket_buffer_bytes / 4 * 3,
+        socket_buffer,
+        config.limits.socket_buffer_bytes,
+        budget,
     ));
     let limits = envelope::Limits {
         max_bytes: config.limits.max_message_bytes,

@@ -226,6 +226,11 @@ const ENVIRONMENT: &[(&str, Option<&str>, &str)] = &[
         "bytes of messages queued for one socket before it counts as stalled",
     ),
     (
+        "REPLAY_BUDGET_PER_SUB",
+        Some("100000"),
+        "stream records one token subject's replays may read per minute; beyond: rate_limited",
+    ),
+    (
         "SHUTDOWN_TIMEOUT_MS",
         Some("10000"),
         "on SIGTERM/SIGINT, exit within this many ms",

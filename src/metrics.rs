@@ -99,6 +99,15 @@ pub struct Metrics {
     /// Answers with `reset: true`: a cursor whose successors can no longer be replayed.
     /// Wired by the stream reader.
     pub resets: Counter,
+    /// Stream records read by replays (joins and polls past the memory window): what
+    /// `REPLAY_BUDGET_PER_SUB` budgets.
+    pub replay_records: Counter,
+    /// Replays waiting for their turn: their subject's one stream replay at a time, or one of
+    /// the instance's stream readers.
+    pub replays_waiting: Gauge,
+    /// Joins and polls refused `rate_limited` because their subject's replay budget was spent
+    /// (or its turn did not come in time).
+    pub replays_refused: Counter,
     /// Seconds this instance's stream reader is behind the stream's tail: the age of the last
     /// record read when more are waiting, 0 when caught up. Wired by the stream reader.
     pub stream_lag: Gauge<f64, AtomicU64>,
@@ -172,6 +181,24 @@ impl Metrics {
             let _ = replays.get_or_create(&SourceLabels { source });
         }
         let resets = Counter::default();
+        let replay_records = Counter::default();
+        let replays_waiting = Gauge::default();
+        let replays_refused = Counter::default();
+        registry.register(
+            "replay_records",
+            "Stream records read by replays past the memory window",
+            replay_records.clone(),
+        );
+        registry.register(
+            "replays_waiting",
+            "Replays waiting for their subject's turn or a stream reader",
+            replays_waiting.clone(),
+        );
+        registry.register(
+            "replays_refused",
+            "Joins and polls refused rate_limited by the subject's replay budget",
+            replays_refused.clone(),
+        );
         let stream_lag = Gauge::<f64, AtomicU64>::default();
         // 0.1 ms to ~250 ms in steps of 25 %: fine enough to read a p50 and a p99 from.
         let stream_hop = Histogram::new(exponential_buckets(0.0001, 1.25, 36));
@@ -323,6 +350,9 @@ impl Metrics {
             rabbitmq_enabled,
             replays,
             resets,
+            replay_records,
+            replays_waiting,
+            replays_refused,
             stream_lag,
             stream_hop,
             stream_active_consumer,

@@ -4,8 +4,11 @@
 //!
 //! A token comes from the handshake's `auth.token` or the `token` query parameter; a refused
 //! handshake gets `connect_error` with the message `unauthorized`. Each socket may join at most
-//! `MAX_ROOMS_PER_SOCKET` rooms, at `JOIN_RATE_PER_SEC` joins a second (with a burst of as many),
-//! so one client cannot make the daemon track unbounded state for it.
+//! `MAX_ROOMS_PER_SOCKET` rooms; each token subject (all its sockets, so reconnecting brings no
+//! fresh burst) at `JOIN_RATE_PER_SEC` joins a second (with a burst of as many), so one client
+//! cannot make the daemon track unbounded state for it. One socket's joins run one at a time,
+//! so its room checks and replays never race each other, and a join (its replay included)
+//! ends when its socket goes.
 //!
 //! Connections are bounded before any token is read: a client frame or packet is at most
 //! [`MAX_CLIENT_PACKET_BYTES`] (judged from the websocket frame header), at most
@@ -26,10 +29,13 @@ use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::DisconnectReason;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::AppState;
 use crate::auth::{Principal, Verified};
 use crate::config::{Config, Limits};
 use crate::expiry;
+use crate::fanout::{After, JoinError};
 use crate::metrics::DisconnectLabels;
 use crate::rooms::Room;
 
@@ -103,7 +109,15 @@ pub struct Connections {
     pending: Arc<AtomicUsize>,
     /// `notify_bridge_sockets_connected`, kept equal to the slots taken.
     gauge: Gauge,
+    /// `JOIN_RATE_PER_SEC`.
+    join_rate: u32,
+    /// Each subject's join rate, shared by its sockets; kept after its last socket goes
+    /// (until the map grows and the bucket is full again), so a reconnect is no fresh burst.
+    join_rates: Mutex<HashMap<String, JoinLimiter>>,
 }
+
+/// Subjects whose join rate is remembered before the full buckets are forgotten.
+const JOIN_RATES_PRUNE_AT: usize = 4096;
 
 #[derive(Default)]
 struct Taken {
@@ -121,7 +135,21 @@ impl Connections {
             taken: Mutex::new(Taken::default()),
             pending: Arc::default(),
             gauge,
+            join_rate: limits.join_rate_per_sec,
+            join_rates: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Takes one join from `subject`'s rate.
+    fn try_join(&self, subject: &str, now: Instant) -> bool {
+        let mut rates = self.join_rates.lock().unwrap_or_else(|p| p.into_inner());
+        if rates.len() >= JOIN_RATES_PRUNE_AT {
+            rates.retain(|_, limiter| !limiter.is_full(now));
+        }
+        rates
+            .entry(subject.to_owned())
+            .or_insert_with(|| JoinLimiter::new(self.join_rate))
+            .try_take(now)
     }
 
     /// Takes a slot for `principal`, or says which cap it would exceed.
@@ -270,6 +298,7 @@ fn authenticate(
     // Dropped at disconnect (`count_connection`), or with the socket if it never gets there.
     socket.extensions.insert(Arc::new(slot));
     socket.extensions.insert(principal);
+    socket.extensions.insert(Gone(CancellationToken::new()));
     app.expiry.watch(socket, exp);
     // Before CONNECT is sent, so a client that emits `join-room` the moment it is
     // connected always finds the handler.
@@ -289,6 +318,10 @@ fn count_connection(app: &AppState, socket: &SocketRef) {
         // Frees the socket's share of MAX_CONNECTIONS and MAX_CONNECTIONS_PER_SUB at once,
         // rather than whenever the last reference to the socket goes.
         drop(socket.extensions.remove::<Arc<Slot>>());
+        // Ends its joins, replays and waits for a replay included.
+        if let Some(Gone(gone)) = socket.extensions.get::<Gone>() {
+            gone.cancel();
+        }
         let reason = DisconnectLabels {
             reason: reason_label(reason),
         };
@@ -313,18 +346,41 @@ fn reason_label(reason: DisconnectReason) -> &'static str {
     }
 }
 
+/// Cancelled when the socket disconnects: what it started (a join's replay) stops then.
+#[derive(Clone)]
+struct Gone(CancellationToken);
+
+/// What a socket's joins share: the join rate when auth is off (every client is the same
+/// anonymous subject, so the rate is per socket then), and the lock that runs them one at a
+/// time.
+struct SocketJoins {
+    limiter: Mutex<JoinLimiter>,
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
+
 fn register_events(app: &Arc<AppState>, socket: &SocketRef) {
-    let limiter = Arc::new(Mutex::new(JoinLimiter::new(
-        app.config.limits.join_rate_per_sec,
-    )));
+    let joins = Arc::new(SocketJoins {
+        limiter: Mutex::new(JoinLimiter::new(app.config.limits.join_rate_per_sec)),
+        one_at_a_time: tokio::sync::Mutex::new(()),
+    });
     let for_join = app.clone();
     socket.on(
         "join-room",
         move |socket: SocketRef, TryData(arg): TryData<Value>, ack: AckSender| {
             let app = for_join.clone();
-            let limiter = limiter.clone();
+            let joins = joins.clone();
             async move {
-                let reply = join_room(&app, &socket, arg.unwrap_or(Value::Null), &limiter).await;
+                let gone = socket.extensions.get::<Gone>().map(|Gone(token)| token);
+                let join = join_room(&app, &socket, arg.unwrap_or(Value::Null), &joins);
+                let reply = match gone {
+                    // A join waiting for its turn, or replaying, ends with its socket.
+                    Some(gone) => match gone.run_until_cancelled(join).await {
+                        Some(reply) => reply,
+                        None => return,
+                    },
+                    None => join.await,
+                };
+                let Some(reply) = reply else { return };
                 app.metrics.join_answered(&reply);
                 let _ = ack.send(&reply);
             }
@@ -396,68 +452,91 @@ impl JoinRefusal {
     }
 }
 
+/// The ack of a `join-room`; `None` when the socket went away meanwhile.
 async fn join_room(
     app: &AppState,
     socket: &SocketRef,
     arg: Value,
-    limiter: &Mutex<JoinLimiter>,
-) -> Value {
-    match try_join(app, socket, &arg, limiter).await {
-        Ok((room, reset)) => {
-            if reset {
-                json!({ "ok": true, "room": room.as_str(), "reset": true })
-            } else {
-                json!({ "ok": true, "room": room.as_str() })
-            }
-        }
-        Err(refusal) => refusal.ack(),
+    joins: &SocketJoins,
+) -> Option<Value> {
+    match try_join(app, socket, &arg, joins).await {
+        Ok((room, reset)) => Some(if reset {
+            json!({ "ok": true, "room": room.as_str(), "reset": true })
+        } else {
+            json!({ "ok": true, "room": room.as_str() })
+        }),
+        Err(Some(refusal)) => Some(refusal.ack()),
+        Err(None) => None,
     }
 }
 
+/// The `after` of a `join-room` argument (contract v3 section 3): absent, a cursor, or
+/// malformed (not a non-empty string: a number, `""`, `null`).
+fn after_of(arg: &Value) -> After<'_> {
+    match arg.get("after") {
+        None => After::None,
+        Some(Value::String(cursor)) if !cursor.is_empty() => After::Cursor(cursor),
+        Some(_) => After::Malformed,
+    }
+}
+
+/// Joins, or says why not (`None`: the socket went away).
 async fn try_join(
     app: &AppState,
     socket: &SocketRef,
     arg: &Value,
-    limiter: &Mutex<JoinLimiter>,
-) -> Result<(Room, bool), JoinRefusal> {
+    joins: &SocketJoins,
+) -> Result<(Room, bool), Option<JoinRefusal>> {
+    // Set by the handshake middleware, which every connected socket went through; a socket
+    // without one is refused rather than trusted.
+    let principal = socket.extensions.get::<Principal>();
     // Every attempt counts against the rate, refused ones too: probing rooms or flooding with
     // invalid names costs a client its budget like real joins do.
-    let allowed = limiter
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .try_take(Instant::now());
+    let now = Instant::now();
+    let allowed = match &principal {
+        Some(Principal::Anonymous) | None => joins
+            .limiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .try_take(now),
+        Some(principal) => app.connections.try_join(&principal.label(), now),
+    };
     let room = room_of(arg)
         .and_then(|r| Room::parse(r).ok())
         .ok_or(JoinRefusal::InvalidRoom)?;
     // A token's authority ends at its `exp`, even in the instant before the socket is
     // disconnected for it (after the room check: `invalid_room` wins over `forbidden`).
     if expiry::has_expired(socket) {
-        return Err(JoinRefusal::TokenExpired);
+        return Err(Some(JoinRefusal::TokenExpired));
     }
-    // Set by the handshake middleware, which every connected socket went through; a socket
-    // without one is refused rather than trusted.
-    let principal = socket
-        .extensions
-        .get::<Principal>()
-        .ok_or(JoinRefusal::Forbidden)?;
+    let principal = principal.ok_or(JoinRefusal::Forbidden)?;
     if !principal.can_read(&room) {
         tracing::debug!(sid = %socket.id, who = %principal.label(), %room, "join refused: forbidden");
-        return Err(JoinRefusal::Forbidden);
+        return Err(Some(JoinRefusal::Forbidden));
     }
     if !allowed {
-        return Err(JoinRefusal::RateLimited);
+        return Err(Some(JoinRefusal::RateLimited));
     }
+    // One join at a time per socket: the room checks below and the replay hold until it is
+    // joined, so two joins of one room replay it once and the room limit holds.
+    let _one_at_a_time = joins.one_at_a_time.lock().await;
     let already_in = socket.rooms().iter().any(|r| r == room.as_str());
     if !already_in && socket.rooms().len() >= app.config.limits.max_rooms_per_socket {
-        return Err(JoinRefusal::TooManyRooms);
+        return Err(Some(JoinRefusal::TooManyRooms));
     }
-    // A malformed cursor (not a string) is an unknown one: it replays everything with `reset`.
-    let after = match arg.get("after") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(cursor)) => Some(cursor.clone()),
-        Some(other) => Some(other.to_string()),
+    let after = after_of(arg);
+    let reset = match app
+        .fanout
+        .join(socket, &room, after, &principal.label())
+        .await
+    {
+        Ok(reset) => reset,
+        Err(JoinError::RateLimited(refused)) => {
+            tracing::debug!(sid = %socket.id, %room, retry_after = ?refused.retry_after, "join refused: replay budget");
+            return Err(Some(JoinRefusal::RateLimited));
+        }
+        Err(JoinError::Gone) => return Err(None),
     };
-    let reset = app.fanout.join(socket, &room, after.as_deref()).await;
     tracing::debug!(sid = %socket.id, %room, ?after, reset, "joined");
     Ok((room, reset))
 }
@@ -476,6 +555,14 @@ impl JoinLimiter {
             tokens: rate as f64,
             refilled_at: Instant::now(),
         }
+    }
+
+    /// Has it refilled to a whole burst (nothing to remember)?
+    fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now
+            .saturating_duration_since(self.refilled_at)
+            .as_secs_f64();
+        self.tokens + elapsed * self.rate >= self.rate
     }
 
     fn try_take(&mut self, now: Instant) -> bool {
@@ -594,6 +681,40 @@ mod tests {
         drop(second);
         assert_eq!(connections.pending(), 0);
         assert!(connections.begin_handshake().is_some());
+    }
+
+    #[test]
+    fn the_join_rate_is_one_per_subject_across_its_sockets() {
+        let mut limits = limits(100, 10, 10);
+        limits.join_rate_per_sec = 3;
+        let connections = Connections::new(&limits, Gauge::default());
+        let now = Instant::now();
+        // Three joins of one subject, from whichever sockets, use its burst.
+        assert!((0..3).all(|_| connections.try_join("customer:a", now)));
+        assert!(!connections.try_join("customer:a", now));
+        // A subject whose sockets all went and came back is no fresh burst.
+        let socket = connections.take(&customer("a")).unwrap();
+        drop(socket);
+        assert!(!connections.try_join("customer:a", now));
+        assert!(connections.try_join("customer:b", now), "another subject");
+        assert!(connections.try_join("customer:a", now + Duration::from_millis(400)));
+    }
+
+    #[test]
+    fn an_after_that_is_not_a_non_empty_string_is_malformed() {
+        assert_eq!(after_of(&json!("customer:1")), After::None);
+        assert_eq!(after_of(&json!({"room": "customer:1"})), After::None);
+        assert_eq!(
+            after_of(&json!({"room": "customer:1", "after": "s-4"})),
+            After::Cursor("s-4")
+        );
+        for malformed in [json!(5), json!(""), json!(null), json!(["s-4"])] {
+            assert_eq!(
+                after_of(&json!({"room": "customer:1", "after": malformed})),
+                After::Malformed,
+                "{malformed}"
+            );
+        }
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //!   outage it resumes at the offset after the last one it read.
 //! - [`Replayer`]: a cursor older than a room's memory window is served from the stream by a
 //!   short-lived consumer that reads from the cursor, keeps the room's records, and stops at
-//!   the window; `RABBITMQ_REPLAY_MAX` bounds what it reads, and replays queue behind a small
-//!   number of slots.
+//!   the window or once it has as many items or bytes as its caller asked for (a join's round,
+//!   a poll's page); `RABBITMQ_REPLAY_MAX` bounds what it reads, its prefetch is sized in
+//!   bytes, and replays queue first come, first served behind a small number of slots.
 //!
 //! Stream filtering needs RabbitMQ 3.13, so records are filtered here, which also works on the
 //! 3.10 brokers this daemon supports.
@@ -28,9 +29,10 @@ use lapin::{BasicProperties, Channel, Connection};
 use rand::Rng;
 
 use crate::amqp::{Broker, PUBLISH_CONFIRM_TIMEOUT, SessionError};
+use crate::budget::GaugeGuard;
 use crate::consumer::{APPENDED_AT_HEADER, ROUTING_KEY_HEADER, SOURCE_HEADER};
 use crate::envelope::{Envelope, RECORD_HEADER};
-use crate::fanout::{DeepHistory, FetchError, FetchFuture, Outcome};
+use crate::fanout::{DeepHistory, FetchError, FetchFuture, FetchLimits, Fetched, Outcome};
 use crate::history::Item;
 use crate::ledger::Ids;
 use crate::rooms::Room;
@@ -341,26 +343,29 @@ impl DeepHistory for Replayer {
         room: &'a Room,
         after: u64,
         upto: u64,
-        max_items: usize,
+        limits: FetchLimits,
     ) -> FetchFuture<'a> {
         Box::pin(async move {
             let broker = self
                 .broker
                 .upgrade()
                 .ok_or_else(|| FetchError::Unavailable("shutting down".into()))?;
+            // First come, first served; a subject has at most one replay here (its budget's
+            // turn), so no subject stands in front of all the others. Dropping the future (its
+            // socket went) leaves the queue at once.
+            let slot = {
+                let _waiting = GaugeGuard::new(broker.fanout.budget().waiting());
+                broker.replay_slots.acquire().await
+            };
             // Closed only when the broker goes away, which ends this process's replays anyway.
-            let _slot = broker
-                .replay_slots
-                .acquire()
-                .await
-                .map_err(|_| FetchError::Unavailable("shutting down".into()))?;
+            let _slot = slot.map_err(|_| FetchError::Unavailable("shutting down".into()))?;
             let connection = broker
                 .connection()
                 .ok_or_else(|| FetchError::Unavailable("not connected".into()))?;
             let started = std::time::Instant::now();
             let result = tokio::time::timeout(
                 REPLAY_TIMEOUT,
-                read_range(&broker, &connection, room, after, upto, max_items),
+                read_range(&broker, &connection, room, after, upto, limits),
             )
             .await
             .unwrap_or_else(|_| {
@@ -374,27 +379,89 @@ impl DeepHistory for Replayer {
     }
 }
 
-/// The items of `room` with ids in `(after, upto]`, read from the stream.
+/// Bytes of records one replay's consumer may have in flight: its prefetch is this over the
+/// largest record it may meet, so a stream of large records costs what one of small ones does.
+const REPLAY_PREFETCH_BYTES: usize = 8 << 20;
+/// What a record may hold beyond the message it was made from (its resolved rooms).
+const RECORD_OVERHEAD_BYTES: usize = 32 << 10;
+
+/// The prefetch of a replay's consumer, for messages of at most `max_message_bytes`.
+fn replay_prefetch(max_message_bytes: usize) -> u16 {
+    let per_record = max_message_bytes + RECORD_OVERHEAD_BYTES;
+    (REPLAY_PREFETCH_BYTES / per_record).clamp(4, STREAM_PREFETCH as usize) as u16
+}
+
+/// A replay's consumer on the stream from `first`, with `prefetch` records of credit.
+async fn consume_replay(
+    channel: &Channel,
+    stream: &str,
+    first: u64,
+    prefetch: u16,
+) -> Result<lapin::Consumer, lapin::Error> {
+    // Streams deliver only to consumers with a prefetch and manual acks.
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongLongInt(first as i64),
+    );
+    channel
+        .basic_consume(
+            stream.into(),
+            ShortString::from(""),
+            BasicConsumeOptions::default(),
+            arguments,
+        )
+        .await
+}
+
+/// Closes a replay's channel if the replay is abandoned mid-read (its socket went away, or it
+/// timed out), so the broker stops delivering to it.
+struct ChannelGuard(Option<Channel>);
+
+impl Drop for ChannelGuard {
+    fn drop(&mut self) {
+        if let Some(channel) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = channel.close(200, "replay abandoned".into()).await;
+            });
+        }
+    }
+}
+
+/// The oldest items of `room` with ids in `(after, upto]`, read from the stream, within
+/// `limits`.
 async fn read_range(
     broker: &Broker,
     connection: &Connection,
     room: &Room,
     after: u64,
     upto: u64,
-    max_items: usize,
-) -> Result<Vec<Item>, FetchError> {
+    limits: FetchLimits,
+) -> Result<Fetched, FetchError> {
     let unavailable = |error: lapin::Error| FetchError::Unavailable(error.to_string());
     let first = Ids::next_offset(after);
     let last = Ids::next_offset(upto) - 1;
     let channel = connection.create_channel().await.map_err(unavailable)?;
-    let mut consumer = consume_from(&channel, &broker.config.stream, Start::Offset(first))
+    let mut guard = ChannelGuard(Some(channel.clone()));
+    let prefetch = replay_prefetch(broker.limits.max_bytes);
+    // Half the credit is given back at a time, so the broker never waits for it.
+    let ack_every = u64::from(prefetch / 2).max(1);
+    let mut consumer = consume_replay(&channel, &broker.config.stream, first, prefetch)
         .await
         .map_err(unavailable)?;
     let tag = consumer.tag();
-    let mut items = Vec::new();
+    let mut fetched = Fetched {
+        through: upto,
+        ..Fetched::default()
+    };
+    let mut bytes = 0;
     let mut message_ids = HashSet::new();
     let mut checked_start = false;
-    let mut count = 0;
     let outcome = loop {
         let delivery = match consumer.next().await {
             Some(Ok(delivery)) => delivery,
@@ -405,6 +472,10 @@ async fn read_range(
                 ));
             }
         };
+        fetched.records += 1;
+        if fetched.records % ack_every == 0 {
+            let _ = delivery.acker.ack(BasicAckOptions { multiple: true }).await;
+        }
         let Some(offset) = offset_of(&delivery) else {
             continue;
         };
@@ -418,10 +489,6 @@ async fn read_range(
                 break Err(FetchError::Truncated);
             }
         }
-        count += 1;
-        if count % ACK_EVERY == 0 {
-            let _ = delivery.acker.ack(BasicAckOptions { multiple: true }).await;
-        }
         if offset > last {
             break Ok(());
         }
@@ -431,21 +498,43 @@ async fn read_range(
             // A record appended twice was emitted once, and is replayed once.
             && envelope.message_id.as_ref().is_none_or(|id| message_ids.insert(id.clone()))
         {
-            if items.len() >= max_items {
-                break Err(FetchError::TooMany(max_items));
-            }
-            items.push(Item {
+            let item = Item {
                 id: Ids::of_offset(offset),
                 envelope: Arc::new(envelope),
-            });
+            };
+            bytes += item.envelope.payload_tail().len();
+            fetched.items.push(item);
+            if fetched.items.len() >= limits.items || bytes >= limits.bytes {
+                // Cut short: what follows this item is read by the next replay round or poll.
+                fetched.through = Ids::of_offset(offset);
+                break Ok(());
+            }
         }
         if offset == last {
             break Ok(());
         }
     };
+    guard.0 = None;
     let _ = channel
         .basic_cancel(tag, BasicCancelOptions::default())
         .await;
     let _ = channel.close(200, "replayed".into()).await;
-    outcome.map(|()| items)
+    outcome.map(|()| fetched)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replays_prefetch_is_sized_by_the_largest_record() {
+        // The default MAX_MESSAGE_BYTES (128 KiB): about 8 MiB in flight.
+        let prefetch = replay_prefetch(128 << 10);
+        assert!((40..=64).contains(&prefetch), "{prefetch}");
+        assert!(usize::from(prefetch) * ((128 << 10) + RECORD_OVERHEAD_BYTES) <= 8 << 20);
+        // Small messages: the record count bounds it.
+        assert_eq!(replay_prefetch(64), STREAM_PREFETCH);
+        // Huge messages: still a few records at a time.
+        assert_eq!(replay_prefetch(64 << 20), 4);
+    }
 }

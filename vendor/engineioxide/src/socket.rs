@@ -390,8 +390,10 @@ where
                 // A full queue would fail the next ping anyway; closing now lets the client
                 // reconnect (`transport close`) as soon as it reads again. A reason of its
                 // own, so that the server can tell a slow reader from a dead peer.
+                // No close packet: the client must see a lost connection and reconnect, and a
+                // queue that is full could not take one anyway.
                 _ = self.overflowed.notified() => {
-                    self.close(DisconnectReason::QueueOverflow);
+                    (self.close_fn)(self.id, DisconnectReason::QueueOverflow);
                     #[cfg(feature = "tracing")]
                     tracing::debug!(id = ?self.id, "outgoing queue full: closing");
                 }
@@ -543,6 +545,22 @@ where
     /// `packets`, charged to this socket's queue, ready to be sent into it.
     pub(crate) fn charge(&self, packets: PacketBuf) -> Queued {
         Charged::new(packets, &self.queued_bytes)
+    }
+
+    /// Room left in the outgoing queue: free packet slots, and bytes below `max_buffer_bytes`.
+    /// A sender that paces itself on it (a long replay) never overflows a socket that reads.
+    pub fn queue_room(&self) -> (usize, usize) {
+        let queued = self.queued_bytes.load(Ordering::Relaxed);
+        (
+            self.internal_tx.capacity(),
+            self.max_buffer_bytes.saturating_sub(queued),
+        )
+    }
+
+    /// Closes the socket at once as one whose queue overflowed: for a sender that sees its
+    /// client stopped reading without filling the queue to the brim.
+    pub fn close_overflowed(&self) {
+        self.overflowed.notify_one();
     }
 
     /// Whether the queued packets hold `max_buffer_bytes` or more.

@@ -735,6 +735,18 @@ impl<A: Adapter> Socket<A> {
         self.connected.store(connected, Ordering::SeqCst);
     }
 
+    /// Room left in the socket's outgoing queue: free packet slots, and bytes below
+    /// `max_buffer_bytes`; see engineioxide's `Socket::queue_room`.
+    pub fn queue_room(&self) -> (usize, usize) {
+        self.esocket.queue_room()
+    }
+
+    /// Closes the connection at once as one whose queue overflowed (no close packet: the
+    /// client reconnects by itself).
+    pub fn close_overflowed(&self) {
+        self.esocket.close_overflowed()
+    }
+
     pub(crate) fn reserve(&self) -> Result<Permit<'_>, SocketError> {
         match self.esocket.reserve() {
             Ok(permit) => Ok(permit),

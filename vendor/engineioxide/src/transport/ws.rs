@@ -295,6 +295,9 @@ where
     Ok(())
 }
 
+/// How long a closing websocket may take to flush what is left and send its close frame.
+const CLOSING_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Forwards all packets waiting to be sent to the websocket
 ///
 /// The websocket stream is flushed only when the internal channel is drained
@@ -329,9 +332,16 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
             items = buffered_rx.recv() => {
                 match items {
                     Some(mut packets) => {
-                        feed_packets(&mut tx, &socket, &mut packets.packets).await;
-                        while let Ok(mut packets) = buffered_rx.try_recv() {
+                        // A client that stopped reading blocks these writes: a closed session
+                        // must not wait for it, or its connection stays open until TCP gives up.
+                        let fed = async {
                             feed_packets(&mut tx, &socket, &mut packets.packets).await;
+                            while let Ok(mut packets) = buffered_rx.try_recv() {
+                                feed_packets(&mut tx, &socket, &mut packets.packets).await;
+                            }
+                        };
+                        if socket.cancellation_token.run_until_cancelled(fed).await.is_none() {
+                            return;
                         }
                     }
                     None => break
@@ -350,14 +360,25 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
 
         #[cfg(feature = "tracing")]
         tracing::trace!(sid = %socket.id, "ws flush");
-        tx.flush().await.ok();
+        if socket
+            .cancellation_token
+            .run_until_cancelled(tx.flush())
+            .await
+            .is_none()
+        {
+            return;
+        }
     }
 
     #[cfg(feature = "tracing")]
     tracing::trace!(sid = %socket.id, "ws closing flush");
 
-    tx.flush().await.ok();
-    tx.close().await.ok();
+    // Bounded: a client that stopped reading would hold the connection open.
+    let _ = tokio::time::timeout(CLOSING_FLUSH_TIMEOUT, async {
+        tx.flush().await.ok();
+        tx.close().await.ok();
+    })
+    .await;
 }
 
 /// Feeds packets to the websocket without flushing it.
