@@ -14,11 +14,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+// The runtime's clock, so that tests can move it.
+use tokio::time::Instant;
 
 /// Longest a replay waits for its subject's previous one to finish.
 pub const TURN_WAIT: Duration = Duration::from_secs(5);

@@ -532,8 +532,8 @@ mod tests {
         let prefetch = replay_prefetch(128 << 10);
         assert!((40..=64).contains(&prefetch), "{prefetch}");
         assert!(usize::from(prefetch) * ((128 << 10) + RECORD_OVERHEAD_BYTES) <= 8 << 20);
-        // Small messages: the record count bounds it.
-        assert_eq!(replay_prefetch(64), STREAM_PREFETCH);
+        // Small messages: a few hundred records, still a few MiB at most.
+        assert!(replay_prefetch(64) >= 200);
         // Huge messages: still a few records at a time.
         assert_eq!(replay_prefetch(64 << 20), 4);
     }

@@ -15,6 +15,7 @@ mod pages;
 mod payload_schema;
 mod polling;
 mod publishing;
+mod replay;
 mod sockets;
 mod startup;
 mod stream;

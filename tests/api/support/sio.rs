@@ -132,6 +132,18 @@ impl SioClient {
             .expect("ack")
     }
 
+    /// Emits `event` with `arg`, asking for no acknowledgement.
+    pub fn emit_no_ack(&self, event: &str, arg: Value) {
+        self.out
+            .send(Message::text(format!("42{}", json!([event, arg]))))
+            .expect("socket open");
+    }
+
+    /// Closes the connection (a websocket close frame), as a client that goes away does.
+    pub fn close(self) {
+        let _ = self.out.send(Message::Close(None));
+    }
+
     pub async fn join(&self, room: &str) -> Value {
         self.emit_with_ack("join-room", json!(room)).await
     }
