@@ -279,6 +279,7 @@ async fn sockets_closed_while_their_replays_wait_leave_nothing_waiting() {
         sockets.push(socket);
     }
     let waiting = metric_until(&app, "notify_bridge_replays_waiting", |v| v >= 5.0).await;
+    let read_before = metric(&app.metrics().await, "notify_bridge_replay_records_total");
     for socket in sockets {
         socket.close();
     }
@@ -295,20 +296,32 @@ async fn sockets_closed_while_their_replays_wait_leave_nothing_waiting() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // At most the one read under way as they closed ended (a round is 256 items): none of the
+    // replays that waited read the stream for a socket that had gone.
+    let read_after = metric(&app.metrics().await, "notify_bridge_replay_records_total");
+    assert!(
+        read_after - read_before < 600.0,
+        "{} records read after the sockets closed",
+        read_after - read_before
+    );
     app.stop().await;
 }
 
 #[tokio::test]
 async fn concurrent_joins_of_one_socket_replay_a_room_once_and_respect_the_room_limit() {
+    // Replays from the stream (the window holds 5), so each join waits on its read.
     let app = TestApp::spawn(
         Settings::rabbit()
-            .var("HISTORY_PER_ROOM", "50")
+            .var("HISTORY_PER_ROOM", "5")
             .var("MAX_ROOMS_PER_SOCKET", "3")
             .var("JOIN_RATE_PER_SEC", "100"),
     )
     .await;
     let cms = app.cms_token();
     let cursor = mark(&app, "66", &cms).await;
+    for i in 0..10 {
+        publish_numbered(&app, &format!("x{i}"), 8, 0, &cms).await;
+    }
     publish_numbered(&app, "66", 10, 0, &cms).await;
     let mut socket = app.socket(&cms).await;
     // Five joins of one room at once.
@@ -320,10 +333,13 @@ async fn concurrent_joins_of_one_socket_replay_a_room_once_and_respect_the_room_
     assert!(acks.iter().all(|a| a["ok"] == true), "{acks:?}");
     let replayed = ns(&socket.drain());
     assert_eq!(replayed, (0..10).collect::<Vec<_>>(), "replayed once");
-    // Ten other rooms at once: two fit.
-    let acks = futures_util::future::join_all(
-        (0..10).map(|i| socket.emit_with_ack("join-room", json!(format!("customer:x{i}")))),
-    )
+    // Ten other rooms at once, each with a replay: two fit.
+    let acks = futures_util::future::join_all((0..10).map(|i| {
+        socket.emit_with_ack(
+            "join-room",
+            json!({ "room": format!("customer:x{i}"), "after": cursor }),
+        )
+    }))
     .await;
     let ok = acks.iter().filter(|a| a["ok"] == true).count();
     assert_eq!(ok, 2, "{acks:?}");
