@@ -527,7 +527,12 @@ async fn large_records_and_parallel_polls_keep_peak_memory_bounded() {
         ("HISTORY_MAX_BYTES", "8388608"),
         ("RUST_LOG", "warn"),
     ]);
+    let mut daemon = daemon;
     daemon.wait_ready().await;
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "the daemon exited (another process took its port?)"
+    );
     let pid = daemon.child.id().unwrap();
     let before = peak_rss_mib(pid);
     let client = reqwest::Client::new();
