@@ -107,7 +107,7 @@ pub enum Outcome {
 }
 
 /// Why the stream could not give what a replay asked for.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum FetchError {
     /// The stream no longer holds the start of the range (retention).
     #[error("the stream no longer holds records that far back")]
@@ -117,7 +117,7 @@ pub enum FetchError {
 }
 
 /// How much one read of the stream may return.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FetchLimits {
     pub items: usize,
     /// Payload bytes; the first item is returned whatever its size.
@@ -125,7 +125,7 @@ pub struct FetchLimits {
 }
 
 /// What one read of the stream returned.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Fetched {
     /// The room's items, oldest first.
     pub items: Vec<Item>,

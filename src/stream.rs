@@ -9,16 +9,18 @@
 //!   short-lived consumer that reads from the cursor, keeps the room's records, and stops at
 //!   the window or once it has as many items or bytes as its caller asked for (a join's round,
 //!   a poll's page); `RABBITMQ_REPLAY_MAX` bounds what it reads, its prefetch is sized in
-//!   bytes, and replays queue first come, first served behind a small number of slots.
+//!   bytes, replays queue first come, first served behind a small number of slots, and
+//!   replays that ask for the same range at the same time share one read.
 //!
 //! Stream filtering needs RabbitMQ 3.13, so records are filtered here, which also works on the
 //! 3.10 brokers this daemon supports.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Weak};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, FutureExt, Shared, WeakShared};
 use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -327,13 +329,47 @@ pub(crate) async fn append_marker(
 pub struct Replayer {
     /// Weak: the broker owns the fan-out, which holds this.
     broker: Weak<Broker>,
+    /// Reads under way, by what they read: a replay that asks for the same range of the same
+    /// room while one reads it (a fleet of dashboards rejoining with one cursor after a
+    /// restart) shares that read instead of reading the stream again. Weak, so a read that
+    /// nobody waits for any more is dropped, and its consumer closed, at once.
+    reading: Mutex<HashMap<ReadKey, WeakShared<SharedRead>>>,
 }
+
+/// What a read reads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ReadKey {
+    room: Room,
+    after: u64,
+    upto: u64,
+    limits: FetchLimits,
+}
+
+type SharedRead = BoxFuture<'static, Result<Arc<Fetched>, FetchError>>;
 
 impl Replayer {
     pub fn new(broker: &Arc<Broker>) -> Self {
         Self {
             broker: Arc::downgrade(broker),
+            reading: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The read of `key` under way, or a new one; and whether it is new (its reader is
+    /// charged the records, the others share them for free).
+    fn read_of(&self, key: ReadKey) -> (Shared<SharedRead>, bool) {
+        let mut reading = self.reading.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(read) = reading.get(&key).and_then(WeakShared::upgrade) {
+            return (read, false);
+        }
+        reading.retain(|_, read| read.upgrade().is_some());
+        let read = read_shared(self.broker.clone(), key.clone())
+            .boxed()
+            .shared();
+        if let Some(weak) = read.downgrade() {
+            reading.insert(key, weak);
+        }
+        (read, true)
     }
 }
 
@@ -345,38 +381,60 @@ impl DeepHistory for Replayer {
         upto: u64,
         limits: FetchLimits,
     ) -> FetchFuture<'a> {
+        let key = ReadKey {
+            room: room.clone(),
+            after,
+            upto,
+            limits,
+        };
+        let (read, first) = self.read_of(key);
         Box::pin(async move {
-            let broker = self
-                .broker
-                .upgrade()
-                .ok_or_else(|| FetchError::Unavailable("shutting down".into()))?;
-            // First come, first served; a subject has at most one replay here (its budget's
-            // turn), so no subject stands in front of all the others. Dropping the future (its
-            // socket went) leaves the queue at once.
-            let slot = {
-                let _waiting = GaugeGuard::new(broker.fanout.budget().waiting());
-                broker.replay_slots.acquire().await
-            };
-            // Closed only when the broker goes away, which ends this process's replays anyway.
-            let _slot = slot.map_err(|_| FetchError::Unavailable("shutting down".into()))?;
-            let connection = broker
-                .connection()
-                .ok_or_else(|| FetchError::Unavailable("not connected".into()))?;
-            let started = std::time::Instant::now();
-            let result = tokio::time::timeout(
-                REPLAY_TIMEOUT,
-                read_range(&broker, &connection, room, after, upto, limits),
-            )
-            .await
-            .unwrap_or_else(|_| {
-                Err(FetchError::Unavailable(format!(
-                    "no answer within {REPLAY_TIMEOUT:?}"
-                )))
-            });
-            tracing::debug!(%room, after, upto, elapsed = ?started.elapsed(), ok = result.is_ok(), "replay from the stream");
-            result
+            let fetched = read.await?;
+            let mut fetched = Fetched::clone(&fetched);
+            if !first {
+                fetched.records = 0;
+            }
+            Ok(fetched)
         })
     }
+}
+
+/// One read of the stream, which any number of replays may wait for.
+async fn read_shared(broker: Weak<Broker>, key: ReadKey) -> Result<Arc<Fetched>, FetchError> {
+    let broker = broker
+        .upgrade()
+        .ok_or_else(|| FetchError::Unavailable("shutting down".into()))?;
+    // First come, first served; a subject has at most one replay here (its budget's turn), so
+    // no subject stands in front of all the others. Dropping the future (its socket went)
+    // leaves the queue at once.
+    let slot = {
+        let _waiting = GaugeGuard::new(broker.fanout.budget().waiting());
+        broker.replay_slots.acquire().await
+    };
+    // Closed only when the broker goes away, which ends this process's replays anyway.
+    let _slot = slot.map_err(|_| FetchError::Unavailable("shutting down".into()))?;
+    let connection = broker
+        .connection()
+        .ok_or_else(|| FetchError::Unavailable("not connected".into()))?;
+    let ReadKey {
+        room,
+        after,
+        upto,
+        limits,
+    } = key;
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(
+        REPLAY_TIMEOUT,
+        read_range(&broker, &connection, &room, after, upto, limits),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(FetchError::Unavailable(format!(
+            "no answer within {REPLAY_TIMEOUT:?}"
+        )))
+    });
+    tracing::debug!(%room, after, upto, elapsed = ?started.elapsed(), ok = result.is_ok(), "replay from the stream");
+    result.map(Arc::new)
 }
 
 /// Bytes of records one replay's consumer may have in flight: its prefetch is this over the

@@ -308,6 +308,31 @@ async fn sockets_closed_while_their_replays_wait_leave_nothing_waiting() {
 }
 
 #[tokio::test]
+async fn parallel_polls_of_one_range_by_several_subjects_share_one_read_of_the_stream() {
+    let app = TestApp::spawn(Settings::rabbit().var("HISTORY_PER_ROOM", "5")).await;
+    let cms = app.cms_token();
+    let cursor = mark(&app, "70", &cms).await;
+    publish_numbered(&app, "70", 3000, 0, &cms).await;
+    let before = metric(&app.metrics().await, "notify_bridge_replay_records_total");
+    let query = format!("room=customer:70&after={cursor}&limit=1000");
+    let tokens: Vec<String> = (0..8)
+        .map(|i| token(json!({ "role": "cms", "sub": format!("staff-{i}") })))
+        .collect();
+    let pages = futures_util::future::join_all(tokens.iter().map(|t| poll(&app, &query, t))).await;
+    for page in &pages {
+        assert_eq!(
+            ns(page["notifications"].as_array().unwrap()),
+            (0..1000).collect::<Vec<_>>()
+        );
+    }
+    let read = metric(&app.metrics().await, "notify_bridge_replay_records_total") - before;
+    println!("8 parallel polls of one range read {read} stream records");
+    // One read is about 1,000 records; eight separate reads would be 8,000.
+    assert!(read < 3000.0, "{read} records read");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn concurrent_joins_of_one_socket_replay_a_room_once_and_respect_the_room_limit() {
     // Replays from the stream (the window holds 5), so each join waits on its read.
     let app = TestApp::spawn(
