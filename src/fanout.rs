@@ -379,6 +379,9 @@ impl Fanout {
             id: None,
         };
         for _ in 0..MAX_ROUNDS {
+            // Each round starts once the socket has room: a socket whose queue is busy with
+            // other rooms is waited for, not spun on.
+            self.wait_for_room(socket, 0).await?;
             let step = {
                 let mut ledger = self.lock();
                 match ledger.plan(room, cursor, ROUND_ITEMS + 1) {
@@ -776,5 +779,53 @@ fn emit_to(
             // Closed between lookup and emit: it is leaving anyway.
             Err(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{self, CategoryFrom, Limits, Source};
+
+    fn item(id: u64, data: &str) -> Item {
+        let source = Source {
+            category: CategoryFrom::RoutingKey("notification.customer"),
+            message_id: None,
+            timestamp: None,
+        };
+        let limits = Limits {
+            max_bytes: 1 << 20,
+            max_rooms: 10,
+        };
+        let body = format!(r#"{{"type":"t","recipients":[1],"data":"{data}"}}"#);
+        Item {
+            id,
+            envelope: Arc::new(envelope::parse(body.as_bytes(), source, &limits).unwrap()),
+        }
+    }
+
+    fn ids(items: &[Item]) -> Vec<u64> {
+        items.iter().map(|i| i.id).collect()
+    }
+
+    #[test]
+    fn a_round_keeps_the_oldest_items_within_its_count_and_bytes_and_at_least_one() {
+        let small: Vec<Item> = (1..=10).map(|id| item(id, "x")).collect();
+        let mut round = small.clone();
+        keep_within(&mut round, 4, usize::MAX);
+        assert_eq!(ids(&round), [1, 2, 3, 4]);
+
+        let one = payload_cost(&small[0]);
+        let mut round = small.clone();
+        keep_within(&mut round, 100, one * 3 + one / 2);
+        assert_eq!(ids(&round), [1, 2, 3], "three fit in three and a half");
+
+        let mut huge = vec![item(7, &"x".repeat(10_000)), item(8, "x")];
+        keep_within(&mut huge, 100, 100);
+        assert_eq!(
+            ids(&huge),
+            [7],
+            "the first whatever its size, so a round always moves on"
+        );
     }
 }

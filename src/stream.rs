@@ -531,7 +531,7 @@ async fn read_range(
             }
         };
         fetched.records += 1;
-        if fetched.records % ack_every == 0 {
+        if fetched.records.is_multiple_of(ack_every) {
             let _ = delivery.acker.ack(BasicAckOptions { multiple: true }).await;
         }
         let Some(offset) = offset_of(&delivery) else {

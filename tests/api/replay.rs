@@ -515,6 +515,17 @@ async fn one_token_flooding_old_cursors_is_rate_limited_and_others_keep_their_pa
         assert!((1..=60).contains(&seconds), "{seconds}");
     }
     assert!(refused_joins > 0, "no join was refused rate_limited");
+    // The budget is the last word: a bad limit, then a forbidden room, answer as before.
+    let (status, _, _) = poll_raw(
+        &app,
+        &format!("room=customer:666&after={evil_cursor}&limit=0"),
+        &evil,
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _, _) =
+        poll_raw(&app, &format!("room=customer:1&after={evil_cursor}"), &evil).await;
+    assert_eq!(status, 403);
     assert!(metric(&app.metrics().await, "notify_bridge_replays_refused_total") > 0.0);
     app.stop().await;
 }
