@@ -66,6 +66,10 @@ const STALL_AFTER: Duration = Duration::from_secs(5);
 pub const PAGE_BYTES: usize = 4 << 20;
 /// What a payload costs on top of its tail (id, room), for byte budgets.
 const PAYLOAD_OVERHEAD: usize = 96;
+/// How long a join with a cursor this instance has not read up to yet (it is catching up after
+/// a start) waits for it before answering as if the cursor were current. Joined earlier, the
+/// socket would receive what it already had when the reader reads it.
+const AHEAD_WAIT: Duration = Duration::from_secs(5);
 
 /// The JSON text a client receives for `item` in `room` (`None`: the broadcast copy), contract
 /// section 3. Ids and room names only hold characters that need no escaping in JSON.
@@ -232,6 +236,8 @@ pub struct Fanout {
     socket_bytes: usize,
     /// Stream records each token subject may read, one replay at a time.
     budget: ReplayBudget,
+    /// The ledger's head, for joins that wait for the reader to reach their cursor.
+    head: tokio::sync::watch::Sender<u64>,
 }
 
 impl Fanout {
@@ -254,12 +260,33 @@ impl Fanout {
             headroom_bytes: socket_bytes / 4,
             socket_bytes,
             budget,
+            head: tokio::sync::watch::Sender::new(0),
         }
     }
 
     /// The replay budget, which the stream reader's queue reports its waiting to as well.
     pub fn budget(&self) -> &ReplayBudget {
         &self.budget
+    }
+
+    /// Tells waiting joins where the ledger's head is now (called with the lock held, so the
+    /// value only grows).
+    fn moved(&self, ledger: &Ledger) {
+        self.head.send_if_modified(|head| {
+            let moved = *head != ledger.head();
+            *head = ledger.head();
+            moved
+        });
+    }
+
+    /// Waits (at most [`AHEAD_WAIT`]) until this instance has read up to `cursor`, when it is
+    /// a valid cursor it has not reached yet.
+    async fn reach(&self, cursor: &str) {
+        let Cursor::Ahead(id) = self.lock().parse_cursor(Some(cursor)) else {
+            return;
+        };
+        let mut head = self.head.subscribe();
+        let _ = tokio::time::timeout(AHEAD_WAIT, head.wait_for(|head| *head >= id)).await;
     }
 
     /// Connects the stream, for replays beyond the memory window.
@@ -286,12 +313,16 @@ impl Fanout {
 
     /// A stream position that carries no notification.
     pub fn skip(&self, offset: u64) {
-        self.lock().skip(offset);
+        let mut ledger = self.lock();
+        ledger.skip(offset);
+        self.moved(&ledger);
     }
 
     /// Ids up to `id` can no longer be held (the stream expired them before they were read).
     pub fn forget_through(&self, id: u64) {
-        self.lock().forget_through(id);
+        let mut ledger = self.lock();
+        ledger.forget_through(id);
+        self.moved(&ledger);
     }
 
     /// Accepts a notification (at stream `offset`, or under the next local id) and emits it.
@@ -300,7 +331,9 @@ impl Fanout {
         let mut stalled = Vec::new();
         let copies = {
             let mut ledger = self.lock();
-            let item = match ledger.accept(offset, envelope, Instant::now()) {
+            let accepted = ledger.accept(offset, envelope, Instant::now());
+            self.moved(&ledger);
+            let item = match accepted {
                 Accepted::New(item) => item,
                 Accepted::Duplicate => {
                     drop(ledger);
@@ -366,6 +399,9 @@ impl Fanout {
             After::Cursor(cursor) => Some(cursor),
             After::Malformed => None,
         };
+        if let Some(after) = after {
+            self.reach(after).await;
+        }
         let mut cursor = match after {
             Some(after) => self.lock().parse_cursor(Some(after)),
             None => Cursor::Unknown,

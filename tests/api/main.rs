@@ -4,6 +4,7 @@ mod support;
 
 mod adversarial;
 mod bridge;
+mod brokers;
 mod browser;
 mod dead_letters;
 mod faults;
@@ -15,8 +16,10 @@ mod pages;
 mod payload_schema;
 mod polling;
 mod publishing;
+mod python_compat;
 mod replay;
 mod sockets;
 mod startup;
+mod stats;
 mod stream;
 mod tokens;

@@ -469,7 +469,11 @@ async fn delete_topology(exchange: &str, queue: &str) {
                 .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                 .await;
         }
-        for e in [exchange.to_owned(), format!("{queue}.dlx")] {
+        for e in [
+            exchange.to_owned(),
+            format!("{queue}.dlx"),
+            format!("{queue}.fanout"),
+        ] {
             let _ = channel
                 .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
                 .await;

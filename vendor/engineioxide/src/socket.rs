@@ -390,10 +390,8 @@ where
                 // A full queue would fail the next ping anyway; closing now lets the client
                 // reconnect (`transport close`) as soon as it reads again. A reason of its
                 // own, so that the server can tell a slow reader from a dead peer.
-                // No close packet: the client must see a lost connection and reconnect, and a
-                // queue that is full could not take one anyway.
                 _ = self.overflowed.notified() => {
-                    (self.close_fn)(self.id, DisconnectReason::QueueOverflow);
+                    self.close(DisconnectReason::QueueOverflow);
                     #[cfg(feature = "tracing")]
                     tracing::debug!(id = ?self.id, "outgoing queue full: closing");
                 }
@@ -586,8 +584,16 @@ where
     /// The socket will be removed from the `Engine` and the [`Handler`](crate::handler::EngineIoHandler) will be notified.
     #[cfg_attr(feature = "tracing", tracing::instrument(skip(self)))]
     pub fn close(&self, reason: DisconnectReason) {
-        // Try to send a close packet is the connection is still operational.
-        self.send(Packet::Close).ok();
+        // A server that stops, or drops a reader that fell behind, closes the way a lost
+        // connection looks: a close packet would tell clients (python-socketio, for one) that
+        // the server meant it, and they would not reconnect.
+        if !matches!(
+            reason,
+            DisconnectReason::ClosingServer | DisconnectReason::QueueOverflow
+        ) {
+            // Try to send a close packet is the connection is still operational.
+            self.send(Packet::Close).ok();
+        }
 
         (self.close_fn)(self.id, reason);
     }
