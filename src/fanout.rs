@@ -57,8 +57,10 @@ const ROUND_BYTES: usize = 1 << 20;
 const MAX_ROUNDS: usize = 1000;
 /// Packets of a socket's queue kept free for live traffic while a join replays into it.
 pub const LIVE_HEADROOM: usize = 64;
-/// How often a paced replay looks whether the socket's queue has room again.
-const DRAIN_TICK: Duration = Duration::from_millis(2);
+/// How often a paced replay looks whether the socket's queue has room again: first soon, then
+/// less and less often while it has none (many slow readers cost few wake-ups).
+const DRAIN_TICK: Duration = Duration::from_millis(1);
+const DRAIN_TICK_MAX: Duration = Duration::from_millis(64);
 /// A socket whose queue has not moved for this long while a replay waits for it has stopped
 /// reading: it is closed as a stalled socket is.
 const STALL_AFTER: Duration = Duration::from_secs(5);
@@ -542,6 +544,7 @@ impl Fanout {
     async fn wait_for_room(&self, socket: &SocketRef, bytes: usize) -> Result<(), JoinError> {
         let mut last = socket.queue_room();
         let mut moved_at = Instant::now();
+        let mut tick = DRAIN_TICK;
         loop {
             if !socket.connected() {
                 return Err(JoinError::Gone);
@@ -562,7 +565,8 @@ impl Fanout {
                 socket.close_overflowed();
                 return Err(JoinError::Gone);
             }
-            tokio::time::sleep(DRAIN_TICK).await;
+            tokio::time::sleep(tick).await;
+            tick = (tick * 2).min(DRAIN_TICK_MAX);
         }
     }
 
@@ -677,6 +681,9 @@ impl Fanout {
                                     .chain(then)
                                     .map(|i| (room.clone(), i)),
                             );
+                            // What cannot make the page is let go before the next room is
+                            // read: a poll of many rooms holds about one page, not one a room.
+                            trim_page(&mut items, limit, PAGE_BYTES);
                         }
                         Err(ReadError::Refused(refused)) => return Err(refused),
                         Err(ReadError::Fetch(error)) => {
@@ -778,6 +785,23 @@ impl ReplayPin<'_> {
 enum Step {
     Emit(Vec<Item>),
     Fetch { after: u64, upto: u64 },
+}
+
+/// Keeps the oldest of `items` (of several rooms) that a page of `limit` items and
+/// `max_bytes` could hold: the rest cannot be in it, whatever other rooms add.
+fn trim_page(items: &mut Vec<(Room, Item)>, limit: usize, max_bytes: usize) {
+    items.sort_by_key(|(_, item)| item.id);
+    items.truncate(limit);
+    let mut bytes = 0;
+    let keep = items
+        .iter()
+        .take_while(|(_, item)| {
+            bytes += payload_cost(item);
+            bytes <= max_bytes
+        })
+        .count()
+        .max(1);
+    items.truncate(keep);
 }
 
 /// Keeps the oldest of `items` within `max` items and `max_bytes` of payloads (at least one).
