@@ -211,6 +211,13 @@ async fn a_socket_that_rejoins_6000_back_gets_all_of_them_in_order_before_its_ac
     );
     assert_eq!(before_ack, 6000, "all of them before the ack");
     assert_eq!(ns(&socket.drain()), (0..6000).collect::<Vec<_>>());
+    let text = app.metrics().await;
+    assert_eq!(
+        metric(&text, "notify_bridge_replays_total{source=\"stream\"}"),
+        1.0,
+        "one replay, read from the stream"
+    );
+    assert_eq!(metric(&text, "notify_bridge_resets_total"), 0.0);
     // Live delivery follows, without repeats.
     app.publish_json(
         "notification.customer",
