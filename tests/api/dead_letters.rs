@@ -78,6 +78,11 @@ async fn the_queue_is_declared_with_its_dead_letter_exchange() {
         AMQPValue::LongString(format!("{}.dlx", app.queue).into()),
     );
     args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    // Contract v3: a quorum queue unless RABBITMQ_QUEUE_TYPE says classic.
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     let durable = lapin::options::QueueDeclareOptions {
         durable: true,
         ..Default::default()
