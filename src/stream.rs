@@ -24,12 +24,12 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection};
 
 use crate::amqp::SessionError;
-use crate::record::{APPENDED_AT_HEADER, ROUTING_KEY_HEADER, SOURCE_HEADER};
 use crate::envelope::{Envelope, RECORD_HEADER};
 use crate::fanout::{DeepHistory, FetchError, FetchFuture, Outcome};
 use crate::history::Item;
 use crate::ledger::Ids;
 use crate::pipeline::Pipeline;
+use crate::record::{APPENDED_AT_HEADER, ROUTING_KEY_HEADER, SOURCE_HEADER};
 use crate::record::{Kind, LogTarget};
 use crate::rooms::Room;
 use crate::telemetry;
