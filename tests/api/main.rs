@@ -5,6 +5,7 @@ mod support;
 mod adversarial;
 mod bridge;
 mod browser;
+mod cluster;
 mod dead_letters;
 mod faults;
 mod http_basics;

@@ -150,6 +150,8 @@ pub struct TestApp {
     pub exchange: String,
     pub queue: String,
     pub rabbit: bool,
+    /// Where the test's own connections go (see [`Settings::test_broker`]).
+    test_broker: String,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     publisher: Option<(Connection, Channel)>,
@@ -208,6 +210,9 @@ pub struct Settings {
     pub queue: Option<String>,
     /// Use this exchange instead of a fresh one (several instances on one exchange).
     pub exchange: Option<String>,
+    /// The broker the test's own connections (publisher, cleanup) use instead of
+    /// [`broker_url`]: one node of a cluster the daemon is given all of.
+    pub test_broker: Option<String>,
 }
 
 impl Settings {
@@ -276,8 +281,12 @@ impl TestApp {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(notify_bridge::run(config, listener, shutdown.clone()));
+        let test_broker = settings
+            .test_broker
+            .clone()
+            .unwrap_or_else(|| broker_url().into());
         let publisher = if settings.rabbit {
-            Some(open_publisher().await)
+            Some(open_publisher_to(&test_broker).await)
         } else {
             None
         };
@@ -287,6 +296,7 @@ impl TestApp {
             exchange,
             queue,
             rabbit: settings.rabbit,
+            test_broker,
             shutdown,
             handle: Some(handle),
             publisher,
@@ -515,6 +525,7 @@ impl Drop for TestApp {
             drop(Topology {
                 exchange: self.exchange.clone(),
                 queue: self.queue.clone(),
+                broker: self.test_broker.clone(),
             });
         }
     }
@@ -526,13 +537,21 @@ impl Drop for TestApp {
 pub struct Topology {
     pub exchange: String,
     pub queue: String,
+    /// The broker it lives on.
+    pub broker: String,
 }
 
 impl Topology {
     pub fn fresh() -> Self {
+        Self::fresh_on(broker_url())
+    }
+
+    /// Fresh names on `broker` (an AMQP URL).
+    pub fn fresh_on(broker: &str) -> Self {
         Self {
             exchange: unique("nb-test-ex"),
             queue: unique("nb-test-q"),
+            broker: broker.to_owned(),
         }
     }
 }
@@ -540,7 +559,11 @@ impl Topology {
 impl Drop for Topology {
     fn drop(&mut self) {
         // On its own runtime: this may run on a runtime that is blocked or closing.
-        let (exchange, queue) = (self.exchange.clone(), self.queue.clone());
+        let (exchange, queue, broker) = (
+            self.exchange.clone(),
+            self.queue.clone(),
+            self.broker.clone(),
+        );
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -549,7 +572,7 @@ impl Drop for Topology {
             runtime.block_on(async move {
                 let _ = tokio::time::timeout(
                     Duration::from_secs(5),
-                    delete_topology(&exchange, &queue),
+                    delete_topology(&broker, &exchange, &queue),
                 )
                 .await;
             });
@@ -558,9 +581,8 @@ impl Drop for Topology {
     }
 }
 
-async fn delete_topology(exchange: &str, queue: &str) {
-    let Ok(connection) = Connection::connect(broker_url(), ConnectionProperties::default()).await
-    else {
+async fn delete_topology(broker: &str, exchange: &str, queue: &str) {
+    let Ok(connection) = Connection::connect(broker, ConnectionProperties::default()).await else {
         return;
     };
     if let Ok(channel) = connection.create_channel().await {
@@ -588,13 +610,17 @@ async fn delete_topology(exchange: &str, queue: &str) {
 }
 
 pub async fn open_publisher() -> (Connection, Channel) {
-    let connection = Connection::connect(broker_url(), ConnectionProperties::default())
+    open_publisher_to(broker_url()).await
+}
+
+/// A connection to `broker` with a channel in confirm mode.
+pub async fn open_publisher_to(broker: &str) -> (Connection, Channel) {
+    let connection = Connection::connect(broker, ConnectionProperties::default())
         .await
         .unwrap_or_else(|e| {
             panic!(
-                "RabbitMQ must answer at {} (NB_TEST_AMQP_URL; `make test` starts the local \
-                 one): {e}",
-                broker_url()
+                "RabbitMQ must answer at {broker} (NB_TEST_AMQP_URL; `make test` starts the \
+                 local one): {e}"
             )
         });
     let channel = connection.create_channel().await.unwrap();
