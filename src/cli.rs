@@ -94,7 +94,7 @@ pub async fn publish(config: &Config, request: PublishRequest<'_>) -> anyhow::Re
     }
 
     let rabbit = &config.rabbitmq;
-    let connection = amqp::connect(rabbit)
+    let (connection, _) = amqp::connect(rabbit, 0)
         .await
         .with_context(|| format!("cannot connect to RabbitMQ at {}", rabbit.url.redacted()))?;
     let channel = connection
@@ -110,30 +110,22 @@ pub async fn publish(config: &Config, request: PublishRequest<'_>) -> anyhow::Re
         .with_delivery_mode(2)
         .with_message_id(message_id.into())
         .with_timestamp(now);
-    let confirm = channel
-        .basic_publish(
-            rabbit.exchange.as_str().into(),
-            request.routing_key.into(),
-            // Mandatory: a message no queue is bound for comes back instead of vanishing.
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            &body,
-            properties,
-        )
-        .await
-        .context("publishing")?;
-    let confirmation = tokio::time::timeout(amqp::PUBLISH_CONFIRM_TIMEOUT, confirm)
-        .await
-        .with_context(|| {
-            format!("RabbitMQ did not confirm within 5 s; retry with --message-id {message_id}")
-        })?
-        .context("waiting for the confirm")?;
+    let confirmed = amqp::publish_confirmed(
+        &channel,
+        &rabbit.exchange,
+        &request.routing_key,
+        // Mandatory: a message no queue is bound for comes back instead of vanishing.
+        BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        },
+        &body,
+        properties,
+    )
+    .await;
     let _ = connection.close(200, "done".into()).await;
-    if !confirmation.is_ack() {
-        bail!("RabbitMQ refused the message (nack); retry with --message-id {message_id}");
-    }
+    let confirmation =
+        confirmed.with_context(|| format!("publishing; retry with --message-id {message_id}"))?;
     if confirmation.take_message().is_some() {
         bail!(
             "no queue is bound to exchange {:?} for routing key {:?}: the message was returned",

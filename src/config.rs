@@ -33,6 +33,10 @@ pub mod defaults {
     pub const RABBITMQ_QUEUE: &str = "notifications";
     /// The stream's name is the queue's plus this suffix.
     pub const RABBITMQ_STREAM_SUFFIX: &str = ".log";
+    /// `RABBITMQ_STREAM`'s value for brokers without streams (contract v3 section 2).
+    pub const RABBITMQ_STREAM_OFF: &str = "off";
+    pub const RABBITMQ_QUEUE_TYPE: &str = "quorum";
+    pub const STATS_TIMEZONE: &str = "UTC";
     pub const RABBITMQ_STREAM_MAX_AGE: &str = "24h";
     pub const RABBITMQ_REBUILD_MAX_AGE: &str = "15m";
     pub const RABBITMQ_REPLAY_MAX: u64 = 20_000;
@@ -74,6 +78,7 @@ struct RawEnv {
     rabbitmq_url: Option<String>,
     rabbitmq_exchange: Option<String>,
     rabbitmq_queue: Option<String>,
+    rabbitmq_queue_type: Option<String>,
     rabbitmq_stream: Option<String>,
     rabbitmq_stream_max_age: Option<String>,
     rabbitmq_rebuild_max_age: Option<String>,
@@ -114,6 +119,7 @@ struct RawEnv {
     log_format: Option<String>,
     jwt_issuer: Option<String>,
     jwt_audience: Option<String>,
+    stats_timezone: Option<String>,
 }
 
 /// A secret that never prints.
@@ -152,6 +158,119 @@ impl BrokerUrl {
 impl std::fmt::Debug for BrokerUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.redacted)
+    }
+}
+
+/// `RABBITMQ_URL`: one URL, or the comma-separated URLs of one cluster's nodes (contract v3
+/// section 1), tried in turn.
+#[derive(Clone)]
+pub struct BrokerUrls {
+    urls: Vec<BrokerUrl>,
+    /// All of them, passwords masked, for logs.
+    redacted: String,
+}
+
+impl BrokerUrls {
+    /// Splits at each comma that starts another `amqp://` or `amqps://` URL, so that a comma
+    /// inside a password does not split it; validates each one.
+    pub fn parse(value: &str) -> Result<Self, ConfigError> {
+        let mut starts = vec![0];
+        for (at, _) in value.match_indices(',') {
+            let next = value[at + 1..].trim_start();
+            if next.starts_with("amqp://") || next.starts_with("amqps://") {
+                starts.push(at + 1);
+            }
+        }
+        starts.push(value.len() + 1);
+        let mut urls = Vec::new();
+        for pair in starts.windows(2) {
+            let url = value[pair[0]..pair[1] - 1].trim();
+            validate_amqp_url(url)?;
+            urls.push(BrokerUrl {
+                redacted: redact_url(url),
+                raw: Secret(url.to_owned()),
+            });
+        }
+        let redacted = urls
+            .iter()
+            .map(BrokerUrl::redacted)
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(Self { urls, redacted })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &BrokerUrl> {
+        self.urls.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.urls.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.urls.is_empty()
+    }
+
+    /// The URL at `index`, counting round.
+    pub fn get(&self, index: usize) -> &BrokerUrl {
+        &self.urls[index % self.urls.len()]
+    }
+
+    /// Every URL with its password masked.
+    pub fn redacted(&self) -> &str {
+        &self.redacted
+    }
+}
+
+impl std::fmt::Debug for BrokerUrls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+/// `RABBITMQ_QUEUE_TYPE`: the `x-queue-type` of queues the daemon creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueType {
+    /// Replicated on a cluster (RabbitMQ 4 has no mirrored classic queues).
+    Quorum,
+    Classic,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        }
+    }
+}
+
+/// `STATS_TIMEZONE`: where the statistics' "today" begins (contract v3 section 7).
+#[derive(Clone)]
+pub struct StatsZone {
+    pub name: String,
+    pub zone: jiff::tz::TimeZone,
+}
+
+impl StatsZone {
+    pub fn parse(value: &str) -> Result<Self, ConfigError> {
+        let name = value.trim();
+        let zone = jiff::tz::TimeZone::get(name).map_err(|_| {
+            ConfigError::new(
+                "STATS_TIMEZONE",
+                format!("expected an IANA time zone such as UTC or Europe/Amsterdam, got {name:?}"),
+            )
+        })?;
+        Ok(Self {
+            name: name.to_owned(),
+            zone,
+        })
+    }
+}
+
+impl std::fmt::Debug for StatsZone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
     }
 }
 
@@ -201,7 +320,12 @@ pub const DEV_MODE: &str = "JWT_SECRET is unset and HOST is a loopback address (
 
 #[derive(Debug, Clone)]
 pub struct RabbitConfig {
-    pub url: BrokerUrl,
+    pub url: BrokerUrls,
+    /// `x-queue-type` of the queue and the dead-letter queue when the daemon creates them.
+    pub queue_type: QueueType,
+    /// `RABBITMQ_STREAM=off`: the shared log is the fanout exchange `<queue>.fanout` (contract
+    /// v3 section 2), for brokers without streams.
+    pub streamless: bool,
     pub exchange: String,
     pub queue: String,
     /// The stream every instance reads (contract v2 section 2).
@@ -230,6 +354,10 @@ impl RabbitConfig {
     /// Queue that keeps the dead letters.
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dead", self.queue)
+    }
+    /// The stream-less mode's shared log: a durable fanout exchange.
+    pub fn fanout_exchange(&self) -> String {
+        format!("{}.fanout", self.queue)
     }
 }
 
@@ -318,6 +446,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `JWT_ISSUER` / `JWT_AUDIENCE`: claims a token must carry, when set.
     pub token_claims: TokenClaims,
+    /// `STATS_TIMEZONE`.
+    pub stats_zone: StatsZone,
 }
 
 /// The `iss` and `aud` a token must carry (contract v2 section 4); unchecked when unset.
@@ -403,6 +533,11 @@ impl Config {
             demo: parse_bool("DEMO", raw.demo.clone(), false)?,
             log_filter: parse_log_filter(raw.rust_log.clone())?,
             token_claims: parse_token_claims(raw.jwt_issuer.clone(), raw.jwt_audience.clone())?,
+            stats_zone: StatsZone::parse(
+                raw.stats_timezone
+                    .as_deref()
+                    .unwrap_or(defaults::STATS_TIMEZONE),
+            )?,
             log_format: match raw.log_format.as_deref() {
                 None | Some("pretty") => LogFormat::Pretty,
                 Some("json") => LogFormat::Json,
@@ -453,7 +588,24 @@ fn rabbit_config(raw: &RawEnv) -> Result<RabbitConfig, ConfigError> {
         .rabbitmq_url
         .clone()
         .unwrap_or_else(|| defaults::RABBITMQ_URL.to_owned());
-    validate_amqp_url(&url)?;
+    let url = BrokerUrls::parse(&url)?;
+    let queue_type = match raw
+        .rabbitmq_queue_type
+        .as_deref()
+        .unwrap_or(defaults::RABBITMQ_QUEUE_TYPE)
+        .trim()
+    {
+        "quorum" => QueueType::Quorum,
+        "classic" => QueueType::Classic,
+        other => {
+            return Err(ConfigError::new(
+                "RABBITMQ_QUEUE_TYPE",
+                format!("expected quorum or classic, got {other:?}"),
+            ));
+        }
+    };
+    let streamless =
+        raw.rabbitmq_stream.as_deref().map(str::trim) == Some(defaults::RABBITMQ_STREAM_OFF);
     let queue = parse_name(
         "RABBITMQ_QUEUE",
         raw.rabbitmq_queue.clone(),
@@ -461,10 +613,9 @@ fn rabbit_config(raw: &RawEnv) -> Result<RabbitConfig, ConfigError> {
     )?;
     let default_stream = format!("{queue}{}", defaults::RABBITMQ_STREAM_SUFFIX);
     Ok(RabbitConfig {
-        url: BrokerUrl {
-            redacted: redact_url(&url),
-            raw: Secret(url),
-        },
+        url,
+        queue_type,
+        streamless,
         exchange: parse_name(
             "RABBITMQ_EXCHANGE",
             raw.rabbitmq_exchange.clone(),
@@ -472,7 +623,7 @@ fn rabbit_config(raw: &RawEnv) -> Result<RabbitConfig, ConfigError> {
         )?,
         stream: parse_name(
             "RABBITMQ_STREAM",
-            raw.rabbitmq_stream.clone(),
+            raw.rabbitmq_stream.clone().filter(|_| !streamless),
             &default_stream,
         )?,
         queue,
@@ -902,10 +1053,15 @@ mod tests {
     fn defaults_follow_the_contract() {
         let c = config(&[]).unwrap();
         assert!(!c.enable_rabbitmq);
+        assert_eq!(c.rabbitmq.url.len(), 1);
         assert_eq!(
-            c.rabbitmq.url.expose(),
+            c.rabbitmq.url.get(0).expose(),
             "amqp://guest:guest@127.0.0.1:5672/%2f"
         );
+        assert_eq!(c.rabbitmq.queue_type, QueueType::Quorum);
+        assert!(!c.rabbitmq.streamless);
+        assert_eq!(c.rabbitmq.stream, "notifications.log");
+        assert_eq!(c.stats_zone.name, "UTC");
         assert_eq!(c.rabbitmq.exchange, "notifications");
         assert_eq!(c.rabbitmq.queue, "notifications");
         assert_eq!(c.rabbitmq.binding_keys, ["notification.*"]);
@@ -1206,5 +1362,57 @@ mod tests {
             Some("https://id.example.com")
         );
         assert_eq!(c.token_claims.audience, ["cms", "app"]);
+    }
+
+    #[test]
+    fn several_node_urls_are_tried_in_turn_and_none_of_their_passwords_is_shown() {
+        let c = config(&[(
+            "RABBITMQ_URL",
+            "amqp://u:pa,ss1@node-1:5672/%2f, amqps://u:pass2@node-2:5671/prod,amqp://u:pass3@node-3",
+        )])
+        .unwrap();
+        let urls = &c.rabbitmq.url;
+        assert_eq!(urls.len(), 3);
+        // A comma inside a password does not split the URL.
+        assert_eq!(urls.get(0).expose(), "amqp://u:pa,ss1@node-1:5672/%2f");
+        assert_eq!(urls.get(1).expose(), "amqps://u:pass2@node-2:5671/prod");
+        assert_eq!(urls.get(2).expose(), "amqp://u:pass3@node-3");
+        assert_eq!(urls.get(3).expose(), urls.get(0).expose(), "counts round");
+        assert_eq!(
+            urls.redacted(),
+            "amqp://u:***@node-1:5672/%2f,amqps://u:***@node-2:5671/prod,amqp://u:***@node-3"
+        );
+        let shown = format!("{c:?}");
+        for secret in ["pa,ss1", "pass2", "pass3"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        let err = config(&[("RABBITMQ_URL", "amqp://u:p1@a,amqp://u:hunter2@[bad")]).unwrap_err();
+        assert_eq!(err.variable, "RABBITMQ_URL");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn queue_type_and_the_stream_less_mode_are_read() {
+        let c = config(&[
+            ("RABBITMQ_QUEUE_TYPE", "classic"),
+            ("RABBITMQ_STREAM", "off"),
+        ])
+        .unwrap();
+        assert_eq!(c.rabbitmq.queue_type, QueueType::Classic);
+        assert!(c.rabbitmq.streamless);
+        assert_eq!(c.rabbitmq.fanout_exchange(), "notifications.fanout");
+        let c = config(&[("RABBITMQ_STREAM", "audit.log")]).unwrap();
+        assert!(!c.rabbitmq.streamless);
+        assert_eq!(c.rabbitmq.stream, "audit.log");
+        let err = config(&[("RABBITMQ_QUEUE_TYPE", "stream")]).unwrap_err();
+        assert_eq!(err.variable, "RABBITMQ_QUEUE_TYPE");
+    }
+
+    #[test]
+    fn stats_timezone_takes_iana_names_only() {
+        let c = config(&[("STATS_TIMEZONE", "Asia/Karachi")]).unwrap();
+        assert_eq!(c.stats_zone.name, "Asia/Karachi");
+        let err = config(&[("STATS_TIMEZONE", "Mars/Olympus")]).unwrap_err();
+        assert_eq!(err.variable, "STATS_TIMEZONE");
     }
 }

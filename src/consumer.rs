@@ -1,8 +1,11 @@
-//! The queue's consumer (contract v2 section 2): validates each message, dead-letters what
-//! cannot be delivered, drops what was seen before, and appends the rest to the stream with a
-//! publisher confirm. A queue message is acked only after its record is confirmed.
+//! The queue's consumer (contract section 2): validates each message, dead-letters what
+//! cannot be delivered, drops what was seen before, and appends the rest to the shared log
+//! (the stream, or the stream-less mode's fanout exchange) with a publisher confirm. A queue
+//! message is acked only after its record is confirmed.
 //!
 //! Every instance runs this; the queue's single active consumer lets one at a time receive.
+//! It declares the queues itself, retrying for as long as it takes (a queue's node may be
+//! down) while the session's reader goes on reading the log.
 //! Appends are pipelined: the next delivery is validated and appended while earlier confirms
 //! are on their way, and confirms are taken in delivery order, so a `multiple` ack never covers
 //! a delivery whose record is not confirmed.
@@ -20,28 +23,20 @@ use lapin::options::{
     ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Acker, BasicProperties, Channel, Connection};
+use lapin::{Acker, Channel, Connection};
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp::{Broker, PUBLISH_CONFIRM_TIMEOUT, REASON_HEADER, SessionError};
+use crate::amqp::{Broker, PUBLISH_CONFIRM_TIMEOUT, REASON_HEADER, SessionError, WarnOnce};
 use crate::dedupe::{Unsettled, Window, fingerprint};
 use crate::envelope::{self, CategoryFrom, RECORD_HEADER, Rejection, Source};
 use crate::metrics::DeadLetterLabels;
+pub use crate::record::{APPENDED_AT_HEADER, ROUTING_KEY_HEADER, SOURCE_HEADER, unix_micros};
+use crate::record::{CHECKPOINT_HEADER, ID_HEADER, LogTarget, TRACEPARENT_HEADER};
 use crate::rooms::metric_category;
 
 /// How long a handled delivery's ack may wait for others to share its frame. It delays only
 /// the broker's ack, never the append or the emit.
 const ACK_DELAY: Duration = Duration::from_millis(5);
-/// Header with the time a record was appended (µs since the epoch), for the reader's lag and
-/// the stream hop.
-pub const APPENDED_AT_HEADER: &str = "x-notify-bridge-appended-us";
-/// Fingerprint of the queue message a record was appended from (only for messages without
-/// `messageId`), so that a reader can tell an append whose confirm never came did land.
-pub const SOURCE_HEADER: &str = "x-notify-bridge-source";
-/// The routing key the producer published with, for the reader's span.
-pub const ROUTING_KEY_HEADER: &str = "x-notify-bridge-routing-key";
-/// W3C trace context, carried from the producer's message to the stream record.
-const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// The consumer's memory of what it appended, across sessions of one process.
 pub struct AppendState {
@@ -54,6 +49,8 @@ pub struct AppendState {
     publishing: VecDeque<Option<u64>>,
     /// Appends whose session ended before their confirm: they may or may not be in the stream.
     in_doubt: Unsettled,
+    /// Stream-less mode: the last id this instance gave a record.
+    last_id: u64,
 }
 
 impl AppendState {
@@ -63,7 +60,17 @@ impl AppendState {
             unsettled: Unsettled::new(usize::from(prefetch).max(64) * 4),
             publishing: VecDeque::new(),
             in_doubt: Unsettled::new(usize::from(prefetch).max(64) * 4),
+            last_id: 0,
         }
+    }
+
+    /// Stream-less mode: the id of the next record, above every id this instance has given or
+    /// read (`head`), and at least the time in µs, so that an instance that took over with
+    /// empty memory still numbers after every id given before it (contract v3 section 3).
+    fn next_id(&mut self, head: u64) -> u64 {
+        let now = u64::try_from(unix_micros()).unwrap_or(0);
+        self.last_id = (self.last_id + 1).max(head + 1).max(now);
+        self.last_id
     }
 
     /// A new session: what the last one was still publishing is in doubt.
@@ -94,23 +101,35 @@ struct Handled {
     appended: bool,
 }
 
+/// What the consumer learns from the session's reader.
+pub(crate) struct ReaderState {
+    /// Set once the reader has read everything appended before the session began.
+    pub caught_up: tokio::sync::watch::Receiver<bool>,
+    /// The last marker the reader read (stream-less mode: the consumer's sync point).
+    pub synced: tokio::sync::watch::Receiver<Option<String>>,
+}
+
 pub(crate) async fn consume(
     broker: &Broker,
     connection: &Connection,
     publisher: &Channel,
     stop: &CancellationToken,
-    mut reader_caught_up: tokio::sync::watch::Receiver<bool>,
+    mut reader: ReaderState,
 ) -> Result<(), SessionError> {
     broker
         .append_state()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .new_session();
+    tokio::select! {
+        _ = stop.cancelled() => return Ok(()),
+        declared = declare_until_done(broker, connection, stop) => declared?,
+    }
     // Redeliveries of the last session's appends are judged against what the stream holds, so
     // nothing is consumed before the reader has read everything appended before this session.
     tokio::select! {
         _ = stop.cancelled() => return Ok(()),
-        caught_up = reader_caught_up.wait_for(|caught_up| *caught_up) => {
+        caught_up = reader.caught_up.wait_for(|caught_up| *caught_up) => {
             if caught_up.is_err() {
                 return Ok(());
             }
@@ -137,6 +156,8 @@ pub(crate) async fn consume(
         .await?;
 
     let state = broker.append_state();
+    let mut checkpoints = tokio::time::interval(checkpoint_interval(broker));
+    checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut in_flight: FuturesOrdered<Confirmed> = FuturesOrdered::new();
     let mut acks = PendingAcks::new(ack_batch(prefetch));
     loop {
@@ -162,6 +183,11 @@ pub(crate) async fn consume(
                 Some(Ok(delivery)) => {
                     if broker.metrics.stream_active_consumer.get() == 0 {
                         // Only the single active consumer receives: this instance is it.
+                        if broker.config.streamless {
+                            // Ids continue after every id the previous active instance gave:
+                            // read all it published first.
+                            sync_with_log(broker, connection, &mut reader.synced).await?;
+                        }
                         broker.metrics.stream_active_consumer.set(1);
                         tracing::info!(queue = %broker.config.queue, "this instance is the queue's active consumer");
                     }
@@ -172,6 +198,17 @@ pub(crate) async fn consume(
                 Some(Err(error)) => return Err(error.into()),
                 None => return Err(SessionError::ConsumerCancelled(broker.config.queue.clone())),
             },
+            // The active instance records the statistics in the stream, so that they outlive
+            // its retention and every reader that starts later takes them over.
+            _ = checkpoints.tick(), if !broker.config.streamless
+                && broker.metrics.stream_active_consumer.get() == 1 =>
+            {
+                if let Some(body) = broker.stats.checkpoint() {
+                    let mut headers = FieldTable::default();
+                    headers.insert(CHECKPOINT_HEADER.into(), AMQPValue::LongInt(1));
+                    crate::stream::append_control(broker, connection, headers, &body).await?;
+                }
+            }
             // Polled only when nothing else is ready: ack what was appended, once the oldest
             // pending ack has waited ACK_DELAY.
             _ = tokio::time::sleep_until(acks.due()), if acks.pending() => {
@@ -234,6 +271,14 @@ async fn handle(
 
     let mut headers = FieldTable::default();
     headers.insert(RECORD_HEADER.into(), AMQPValue::LongInt(1));
+    if broker.config.streamless {
+        let head = broker.fanout.head();
+        let id = state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next_id(head);
+        headers.insert(ID_HEADER.into(), AMQPValue::LongLongInt(id as i64));
+    }
     headers.insert(
         APPENDED_AT_HEADER.into(),
         AMQPValue::LongLongInt(unix_micros()),
@@ -252,18 +297,15 @@ async fn handle(
     {
         headers.insert(TRACEPARENT_HEADER.into(), traceparent.clone());
     }
-    let record_properties = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
-        .with_headers(headers);
+    let record_properties = crate::record::properties(headers);
     let record = envelope.to_record();
-    // The default exchange routes by queue name: straight into the stream.
-    let (appender, stream_name) = (appender.clone(), broker.config.stream.as_str().into());
+    let target = LogTarget::of(&broker.config);
+    let appender = appender.clone();
     let mut publish = Box::pin(async move {
         appender
             .basic_publish(
-                "".into(),
-                stream_name,
+                target.exchange.as_str().into(),
+                target.routing_key.as_str().into(),
                 BasicPublishOptions::default(),
                 &record,
                 record_properties,
@@ -303,9 +345,67 @@ async fn handle(
     })))
 }
 
-/// Microseconds since the epoch: the append time the stream reader measures the hop from.
-pub(crate) fn unix_micros() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000) as i64
+/// How often the active instance appends a statistics checkpoint: often enough that a reader
+/// starting `RABBITMQ_REBUILD_MAX_AGE` back finds one (four per that age, at most one a
+/// minute and at least one every five seconds).
+fn checkpoint_interval(broker: &Broker) -> Duration {
+    (broker.config.rebuild_max_age / 4).clamp(Duration::from_secs(5), Duration::from_secs(60))
+}
+
+/// Declares the queues, retrying with backoff until it works or the consumer stops. A queue
+/// whose node is down is waited for here, while the reader keeps reading; each cause is
+/// logged at WARN once. A declare that needs an operator ends the session (and `/readyz`
+/// says why).
+async fn declare_until_done(
+    broker: &Broker,
+    connection: &Connection,
+    stop: &CancellationToken,
+) -> Result<(), SessionError> {
+    let mut warned = WarnOnce::default();
+    let mut failures = 0u32;
+    loop {
+        let error =
+            match crate::amqp::declaring("the queues", broker.declare_queues(connection)).await {
+                Ok(()) => return Ok(()),
+                Err(error @ SessionError::Mismatch { .. }) => return Err(error),
+                Err(error) => error,
+            };
+        let delay = crate::amqp::backoff(failures, broker.config.reconnect_max);
+        failures = failures.saturating_add(1);
+        if warned.is_new(&error) {
+            tracing::warn!(
+                queue = %broker.config.queue,
+                retry_in = ?delay,
+                "cannot declare the queues, so nothing is consumed until this is fixed (the log is still read): {error}"
+            );
+        } else {
+            tracing::debug!(retry_in = ?delay, "cannot declare the queues: {error}");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Stream-less mode: appends a marker and waits until the reader has read it, so that this
+/// instance has read every record the previous active instance published (each was routed to
+/// this instance's queue before its message was acked) before it numbers its own.
+async fn sync_with_log(
+    broker: &Broker,
+    connection: &Connection,
+    synced: &mut tokio::sync::watch::Receiver<Option<String>>,
+) -> Result<(), SessionError> {
+    let marker = crate::stream::append_marker(broker, connection).await?;
+    let read = tokio::time::timeout(
+        PUBLISH_CONFIRM_TIMEOUT,
+        synced.wait_for(|last| last.as_deref() == Some(marker.as_str())),
+    )
+    .await;
+    match read {
+        Ok(Ok(_)) => Ok(()),
+        _ => Err(SessionError::AppendRefused(broker.config.fanout_exchange())),
+    }
 }
 
 /// Republishes a rejected message to the dead-letter exchange with its reason, then acks it.
@@ -346,25 +446,22 @@ async fn dead_letter(
         AMQPValue::LongString(rejection.code().into()),
     );
     let properties = delivery.properties.clone().with_headers(headers);
-    let confirmed = async {
-        let confirm = publisher
-            .basic_publish(
-                broker.config.dead_letter_exchange().as_str().into(),
-                delivery.routing_key.clone(),
-                BasicPublishOptions::default(),
-                &delivery.data,
-                properties,
-            )
-            .await?;
-        Ok::<bool, lapin::Error>(confirm.await?.is_ack())
-    };
-    match tokio::time::timeout(PUBLISH_CONFIRM_TIMEOUT, confirmed).await {
-        Ok(Ok(true)) => {
+    let confirmed = crate::amqp::publish_confirmed(
+        publisher,
+        &broker.config.dead_letter_exchange(),
+        delivery.routing_key.as_str(),
+        BasicPublishOptions::default(),
+        &delivery.data,
+        properties,
+    )
+    .await;
+    match confirmed {
+        Ok(_) => {
             delivery.acker.ack(BasicAckOptions::default()).await?;
         }
-        outcome => {
+        Err(error) => {
             tracing::warn!(
-                ?outcome,
+                %error,
                 "dead-letter publish not confirmed; rejecting without requeue instead"
             );
             delivery

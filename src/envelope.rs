@@ -270,6 +270,12 @@ impl RoomSet {
 
 /// Header that marks a notification record in the stream (contract v2 section 2).
 pub const RECORD_HEADER: &str = "x-notify-bridge-record";
+/// What resolving one room adds to a record at most (`"customer:"`, quotes and a comma).
+const RECORD_BYTES_PER_ROOM: usize = 16;
+/// The record's own fields beyond the message's.
+const RECORD_OVERHEAD_BYTES: usize = 1024;
+/// A category's default rooms, which `MAX_RECIPIENTS` does not count (contract section 2).
+const MAX_DEFAULT_ROOMS: usize = 2;
 
 /// A stream record as written (contract v2 section 2): the envelope, normalized.
 #[derive(Serialize)]
@@ -314,6 +320,25 @@ impl Envelope {
         };
         // Strings, booleans and already-valid raw JSON always serialize.
         serde_json::to_vec(&record).expect("record serializes")
+    }
+
+    /// Reads a record from the shared log and judges it as a message is judged (contract v3
+    /// section 2): any writer can reach the log, so a record that a producer could not have
+    /// sent (too large, too many rooms) is refused whoever wrote it. A record is a little
+    /// larger than its message (rooms resolved to full names), which the size bound allows for.
+    pub fn from_record_judged(body: &[u8], limits: &Limits) -> Result<Envelope, Rejection> {
+        let max_body = limits
+            .max_bytes
+            .saturating_add(limits.max_rooms.saturating_mul(RECORD_BYTES_PER_ROOM))
+            .saturating_add(RECORD_OVERHEAD_BYTES);
+        if body.len() > max_body {
+            return Err(Rejection::TooLarge);
+        }
+        let envelope = Self::from_record(body)?;
+        if envelope.rooms.len() > limits.max_rooms + MAX_DEFAULT_ROOMS {
+            return Err(Rejection::TooManyRooms);
+        }
+        Ok(envelope)
     }
 
     /// Reads a stream record back. The stream is written by the daemon, but other writers can

@@ -188,6 +188,7 @@ pub fn router(app: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/api/config", get(config))
         .route("/api/notifications", get(poll).post(ingest))
+        .route("/api/stats", get(stats))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -495,6 +496,17 @@ async fn poll(
     }
     let page = app.fanout.read(&rooms, after.as_deref(), limit).await;
     let body = page.to_json();
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// `GET /api/stats` (contract v3 sections 6, 7): for those who may read the CMS dashboard.
+async fn stats(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let principal = authenticate(&app, &headers)?;
+    let dashboard = Room::parse(crate::stats::DASHBOARD_ROOM).expect("a valid room name");
+    if !principal.can_read(&dashboard) {
+        return Err(ApiError::RoomForbidden(dashboard));
+    }
+    let body = app.stats.snapshot(jiff::Timestamp::now()).to_string();
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 

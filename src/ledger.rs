@@ -27,6 +27,8 @@ use crate::rooms::Room;
 
 /// Prefix of stream ids.
 const STREAM_TAG: &str = "s";
+/// Prefix of the stream-less mode's ids.
+const FANOUT_TAG: &str = "f";
 
 /// How ids are made and read back.
 #[derive(Debug, Clone)]
@@ -53,6 +55,15 @@ impl Ids {
     pub fn stream() -> Self {
         Self {
             tag: STREAM_TAG.into(),
+            shared: true,
+        }
+    }
+
+    /// Ids given by the active instance in the stream-less mode (contract v3 section 3):
+    /// shared by instances like stream ids, numbered from the time in µs.
+    pub fn fanout() -> Self {
+        Self {
+            tag: FANOUT_TAG.into(),
             shared: true,
         }
     }

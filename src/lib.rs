@@ -1,8 +1,8 @@
 //! notify-bridge: consumes EV-charging notifications from RabbitMQ and emits them as the
 //! Socket.IO event `notification` into customer and CMS rooms, with an HTTP polling fallback.
 //!
-//! The wire contract (config, AMQP input, payload, rooms, Socket.IO, HTTP) is
-//! `shared/contract.md`. Modules, from the pure core outwards:
+//! The wire contract (config, AMQP input, payload, rooms, Socket.IO, HTTP, statistics) is
+//! `docs/contract.md`. Modules, from the pure core outwards:
 //!
 //! - [`config`]: environment variables, validated at start.
 //! - [`rooms`], [`auth`], [`envelope`]: room grammar and default routing, JWT roles, parsing a
@@ -10,9 +10,12 @@
 //! - `dedupe`, `history`, `ledger`: the core, no I/O: what was seen before, each room's memory
 //!   window, and the ledger that numbers notifications and answers "what follows cursor C".
 //! - `fanout`: emits the ledger's answers to this instance's sockets; joins and polls.
-//! - `amqp` (connection, topology, supervisor), `consumer` (the queue's active consumer:
-//!   validate, dead-letter, append to the stream), `stream` (every instance reads the stream;
-//!   replays beyond the memory window).
+//! - `stats`: the dashboards' counts (contract section 7), derived from what the log holds.
+//! - `amqp` (connection to one of several nodes, topology, supervisor, confirmed publishing),
+//!   `record` (the shared log's record format), `consumer` (the queue's active consumer:
+//!   validate, dead-letter, append to the log), `stream` (every instance reads the stream;
+//!   replays beyond the memory window), `streamless` (the log without streams: a fanout
+//!   exchange).
 //! - `socket`, `http`, `pages`: the Socket.IO and HTTP surfaces, the built-in pages; `expiry`:
 //!   tokens that end on live sockets.
 //! - `supervisor`, `readiness`, `metrics`, [`telemetry`], `demo`, [`cli`]: operations.
@@ -36,9 +39,12 @@ pub(crate) mod ledger;
 pub(crate) mod metrics;
 pub(crate) mod pages;
 pub(crate) mod readiness;
+pub(crate) mod record;
 pub mod rooms;
 pub(crate) mod socket;
+pub mod stats;
 pub(crate) mod stream;
+pub(crate) mod streamless;
 pub(crate) mod supervisor;
 pub mod telemetry;
 
@@ -71,6 +77,8 @@ pub(crate) struct AppState {
     pub expiry: Arc<expiry::Expiry>,
     /// Socket.IO connection caps (`MAX_CONNECTIONS`, per `sub`, pending handshakes).
     pub connections: Arc<socket::Connections>,
+    /// The dashboards' statistics (contract section 7).
+    pub stats: Arc<stats::Stats>,
 }
 
 impl AppState {
@@ -106,7 +114,15 @@ pub async fn run(
     let socket_buffer = socket::buffer_size(&config);
     let (socket_layer, io) = socket::layer(&config);
     metrics.watch_transports(&io);
-    let ledger = if config.enable_rabbitmq {
+    let ledger = if config.enable_rabbitmq && config.rabbitmq.streamless {
+        // Memory only: nothing to replay from beyond it.
+        Ledger::new(
+            ledger::Ids::fanout(),
+            config.history.clone(),
+            config.dedupe_window,
+            0,
+        )
+    } else if config.enable_rabbitmq {
         Ledger::streamed(
             config.history.clone(),
             config.dedupe_window,
@@ -128,6 +144,12 @@ pub async fn run(
         max_rooms: config.limits.max_recipients,
     };
 
+    // With the stream, the counts wait for a checkpoint (or the reader's catching up) before
+    // they stand; otherwise they start with this instance.
+    let stats = Arc::new(stats::Stats::new(
+        &config.stats_zone,
+        !config.enable_rabbitmq || config.rabbitmq.streamless,
+    ));
     let (readiness, broker) = if config.enable_rabbitmq {
         let readiness = Readiness::with_broker();
         let broker = Arc::new(Broker::new(
@@ -137,6 +159,7 @@ pub async fn run(
             fanout.clone(),
             metrics.clone(),
             readiness.clone(),
+            stats.clone(),
         ));
         fanout.set_deep_history(Arc::new(stream::Replayer::new(&broker)));
         (readiness, Some(broker))
@@ -154,6 +177,7 @@ pub async fn run(
         broker: broker.clone(),
         connections,
         expiry: Arc::new(expiry::Expiry::new()),
+        stats: stats.clone(),
     });
     socket::attach(&io, app.clone());
 
@@ -198,6 +222,15 @@ pub async fn run(
             readiness.clone(),
             tasks.clone(),
             move || expiry.clone().run(io.clone(), stop.clone()),
+        ));
+    }
+    {
+        let (stats, io, stop) = (stats.clone(), io.clone(), tasks.clone());
+        tokio::spawn(supervise(
+            "statistics",
+            readiness.clone(),
+            tasks.clone(),
+            move || stats::push(stats.clone(), io.clone(), stop.clone()),
         ));
     }
     if app.config.demo {
@@ -323,7 +356,9 @@ pub(crate) async fn submit(
         }
         None => {
             let envelope = Arc::new(envelope);
-            app.fanout.publish(None, envelope.clone());
+            if let fanout::Outcome::Delivered { .. } = app.fanout.publish(None, envelope.clone()) {
+                app.stats.count(app.fanout.head(), &envelope, None);
+            }
             app.fanout.observe_lag(&envelope);
         }
     }

@@ -61,7 +61,7 @@ const ENVIRONMENT: &[(&str, Option<&str>, &str)] = &[
     (
         "RABBITMQ_URL",
         Some("amqp://guest:guest@127.0.0.1:5672/%2f"),
-        "broker URL, amqp:// or amqps://",
+        "broker URL, amqp:// or amqps://, or a cluster's comma-separated node URLs, tried in turn",
     ),
     (
         "RABBITMQ_EXCHANGE",
@@ -74,9 +74,14 @@ const ENVIRONMENT: &[(&str, Option<&str>, &str)] = &[
         "durable queue shared by all instances (single active consumer), dead letters to <queue>.dlx / <queue>.dead",
     ),
     (
+        "RABBITMQ_QUEUE_TYPE",
+        Some("quorum"),
+        "x-queue-type (quorum or classic) of the queues the daemon creates; existing ones are kept",
+    ),
+    (
         "RABBITMQ_STREAM",
         None,
-        "stream of validated notifications every instance reads; unset: <RABBITMQ_QUEUE>.log",
+        "stream every instance reads; unset: <RABBITMQ_QUEUE>.log; off: stream-less mode (no streams)",
     ),
     (
         "RABBITMQ_STREAM_MAX_AGE",
@@ -144,6 +149,11 @@ const ENVIRONMENT: &[(&str, Option<&str>, &str)] = &[
         "JWT_AUDIENCE",
         None,
         "when set, tokens must carry an aud among these comma-separated audiences",
+    ),
+    (
+        "STATS_TIMEZONE",
+        Some("UTC"),
+        "IANA time zone in which the statistics' today begins",
     ),
     (
         "AUTH_DISABLED",

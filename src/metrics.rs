@@ -129,6 +129,8 @@ pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
     /// Connected sockets that went away, by Socket.IO's reason.
     pub sockets_disconnected: Family<DisconnectLabels, Counter>,
+    /// Log records refused by the reader's judgement (contract v3 section 2), by reason.
+    pub records_refused: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -311,6 +313,21 @@ impl Metrics {
             "Socket.IO sockets that disconnected, by reason",
             sockets_disconnected.clone(),
         );
+        let records_refused = Family::default();
+        registry.register(
+            "records_refused",
+            "Records of the shared log skipped because a producer could not have sent them",
+            records_refused.clone(),
+        );
+        present_from_the_start(
+            &consumed,
+            &emitted,
+            &dead_lettered,
+            &deduplicated,
+            &joins_refused,
+            &records_refused,
+            &sockets,
+        );
 
         Self {
             registry,
@@ -341,6 +358,7 @@ impl Metrics {
             delivery_lag,
             http_requests,
             sockets_disconnected,
+            records_refused,
         }
     }
 
@@ -419,6 +437,51 @@ impl Metrics {
             .and_then(|()| prometheus_client::encoding::text::encode_eof(&mut out))
             .expect("encode metrics");
         out
+    }
+}
+
+/// Categories as metrics label them (`rooms::metric_category`).
+const CATEGORIES: [&str; 5] = ["station", "charger", "session", "customer", "other"];
+/// Why a message is dead-lettered or a record refused (contract section 2).
+const REJECTIONS: [&str; 7] = [
+    "not_json",
+    "not_object",
+    "missing_type",
+    "too_large",
+    "invalid_room",
+    "invalid_field",
+    "too_many_rooms",
+];
+
+/// Every known label value of the labelled families at zero, so that a fresh daemon's
+/// `/metrics` lists every family the dashboard and the alerts name: a rate over a series that
+/// does not exist yet is no rate at all.
+fn present_from_the_start(
+    consumed: &Family<CategoryLabels, Counter>,
+    emitted: &Family<CategoryLabels, Counter>,
+    dead_lettered: &Family<DeadLetterLabels, Counter>,
+    deduplicated: &Family<CategoryLabels, Counter>,
+    joins_refused: &Family<ReasonLabels, Counter>,
+    records_refused: &Family<ReasonLabels, Counter>,
+    sockets: &Family<TransportLabels, Gauge>,
+) {
+    for category in CATEGORIES {
+        let labels = CategoryLabels { category };
+        let _ = consumed.get_or_create(&labels);
+        let _ = emitted.get_or_create(&labels);
+        let _ = deduplicated.get_or_create(&labels);
+        for reason in REJECTIONS {
+            let _ = dead_lettered.get_or_create(&DeadLetterLabels { category, reason });
+        }
+    }
+    for reason in REJECTIONS {
+        let _ = records_refused.get_or_create(&ReasonLabels { reason });
+    }
+    for reason in JOIN_REFUSALS.into_iter().chain(["other"]) {
+        let _ = joins_refused.get_or_create(&ReasonLabels { reason });
+    }
+    for transport in ["websocket", "polling"] {
+        let _ = sockets.get_or_create(&TransportLabels { transport });
     }
 }
 
@@ -611,9 +674,28 @@ mod tests {
         let text = metrics.encode();
         assert!(text.contains("notify_bridge_joins_refused_total{reason=\"rate_limited\"} 1"));
         assert!(text.contains("notify_bridge_joins_refused_total{reason=\"other\"} 1"));
+        // The contract's four codes and `other`, nothing made up.
         assert_eq!(
             text.matches("notify_bridge_joins_refused_total{").count(),
-            2
+            5
         );
+        assert!(!text.contains("made-up"));
+    }
+
+    #[test]
+    fn labelled_families_are_listed_at_zero_before_any_event() {
+        let text = Metrics::new().encode();
+        for series in [
+            "notify_bridge_notifications_dead_lettered_total{category=\"session\",reason=\"not_json\"} 0",
+            "notify_bridge_notifications_consumed_total{category=\"station\"} 0",
+            "notify_bridge_notifications_emitted_total{category=\"other\"} 0",
+            "notify_bridge_notifications_deduplicated_total{category=\"charger\"} 0",
+            "notify_bridge_joins_refused_total{reason=\"forbidden\"} 0",
+            "notify_bridge_records_refused_total{reason=\"too_many_rooms\"} 0",
+            "notify_bridge_replays_total{source=\"stream\"} 0",
+            "notify_bridge_sockets{transport=\"polling\"} 0",
+        ] {
+            assert!(text.contains(series), "{series} missing from:\n{text}");
+        }
     }
 }

@@ -327,6 +327,14 @@ fn register_events(app: &Arc<AppState>, socket: &SocketRef) {
                 let reply = join_room(&app, &socket, arg.unwrap_or(Value::Null), &limiter).await;
                 app.metrics.join_answered(&reply);
                 let _ = ack.send(&reply);
+                // A dashboard gets the figures right after its join's ack (contract v3
+                // section 5), then with the room's pushes.
+                if reply["ok"] == true && reply["room"] == crate::stats::DASHBOARD_ROOM {
+                    let _ = socket.emit(
+                        crate::stats::EVENT,
+                        &app.stats.snapshot(jiff::Timestamp::now()),
+                    );
+                }
             }
         },
     );

@@ -24,20 +24,20 @@ use lapin::options::{
     ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{Channel, Connection};
 use rand::Rng;
 
-use crate::amqp::{Broker, PUBLISH_CONFIRM_TIMEOUT, SessionError};
+use crate::amqp::{Broker, SessionError};
 use crate::consumer::{APPENDED_AT_HEADER, ROUTING_KEY_HEADER, SOURCE_HEADER};
 use crate::envelope::{Envelope, RECORD_HEADER};
 use crate::fanout::{DeepHistory, FetchError, FetchFuture, Outcome};
 use crate::history::Item;
 use crate::ledger::Ids;
+use crate::record::{Kind, LogTarget};
 use crate::rooms::Room;
 use crate::telemetry;
 
-/// Header of a marker record: an instance's "I started reading here", never a notification.
-pub const MARKER_HEADER: &str = "x-notify-bridge-marker";
+pub use crate::record::MARKER_HEADER;
 /// Records the broker may push ahead of our acks (streams need acks as credit).
 const STREAM_PREFETCH: u16 = 1000;
 /// Acks of read records are sent per this many, or when the reader is idle.
@@ -107,6 +107,8 @@ pub(crate) struct ReaderSignals {
     /// At shutdown, the id of a last marker: the reader stops once it has read it, so what the
     /// consumer appended before it stopped is emitted to this instance's sockets first.
     pub drain: tokio::sync::watch::Receiver<Option<String>>,
+    /// The id of every marker read, in turn (the stream-less consumer's sync point).
+    pub synced: tokio::sync::watch::Sender<Option<String>>,
 }
 
 /// Reads the stream until it reads the drain marker, or a failure; see the module doc.
@@ -127,7 +129,7 @@ pub(crate) async fn follow(
     };
     let mut consumer = consume_from(&channel, stream, start).await?;
     // Every session appends one: reading it back means everything appended before is read.
-    let marker = append_marker(connection, stream).await?;
+    let marker = append_marker(broker, connection).await?;
     tracing::debug!(%stream, resume_after = head, "reading the notification stream");
 
     let mut unacked = None;
@@ -144,7 +146,7 @@ pub(crate) async fn follow(
                 };
                 since_last = true;
                 let drain = signals.drain.borrow().clone();
-                match read_one(broker, &delivery, &marker, drain.as_deref()) {
+                match read_one(broker, &delivery, &marker, drain.as_deref(), &signals.synced) {
                     Read::Record => {}
                     Read::OurMarker => {
                         let _ = signals.caught_up.send(true);
@@ -186,8 +188,8 @@ async fn ack_through(delivery: AmqpDelivery) -> Result<(), lapin::Error> {
         .map(|_| ())
 }
 
-/// What one stream delivery was.
-enum Read {
+/// What one log delivery was.
+pub(crate) enum Read {
     Record,
     /// This session's marker: caught up.
     OurMarker,
@@ -196,7 +198,13 @@ enum Read {
 }
 
 /// Hands one stream delivery to the fan-out.
-fn read_one(broker: &Broker, delivery: &AmqpDelivery, marker: &str, drain: Option<&str>) -> Read {
+fn read_one(
+    broker: &Broker,
+    delivery: &AmqpDelivery,
+    marker: &str,
+    drain: Option<&str>,
+    synced: &tokio::sync::watch::Sender<Option<String>>,
+) -> Read {
     let stream = broker.config.stream.as_str();
     let Some(offset) = offset_of(delivery) else {
         tracing::warn!(%stream, "a stream delivery without x-stream-offset: skipped");
@@ -215,26 +223,68 @@ fn read_one(broker: &Broker, delivery: &AmqpDelivery, marker: &str, drain: Optio
         tracing::warn!(%stream, expected, got = offset, "stream records expired before this instance read them");
         fanout.forget_through(Ids::of_offset(offset) - 1);
     }
-    if let Some(AMQPValue::LongString(id)) = header(delivery, MARKER_HEADER) {
-        fanout.skip(offset);
-        if drain.is_some_and(|d| id.as_bytes() == d.as_bytes()) {
-            return Read::Drained;
+    match crate::record::kind(&delivery.properties) {
+        Kind::Marker(id) => {
+            fanout.skip(offset);
+            let id = String::from_utf8_lossy(id).into_owned();
+            let read = marker_read(broker, &id, marker, drain, synced);
+            if matches!(read, Read::OurMarker) {
+                tracing::info!(%stream, offset, "caught up with the notification stream");
+            }
+            read
         }
-        if id.as_bytes() != marker.as_bytes() {
-            return Read::Record;
+        Kind::Checkpoint => {
+            fanout.skip(offset);
+            broker.stats.read_checkpoint(offset, &delivery.data);
+            Read::Record
         }
-        if !broker.readiness.is_caught_up() {
-            broker.readiness.set_caught_up();
-            tracing::info!(%stream, offset, "caught up with the notification stream: ready");
+        Kind::Foreign => {
+            // Another writer's message: not ours to emit.
+            fanout.skip(offset);
+            Read::Record
         }
-        return Read::OurMarker;
+        Kind::Notification => {
+            if !emit_record(broker, &delivery.properties, &delivery.data, offset) {
+                fanout.skip(offset);
+            }
+            Read::Record
+        }
     }
-    if header(delivery, RECORD_HEADER).is_none() {
-        // Another writer's message: not ours to emit.
-        fanout.skip(offset);
+}
+
+/// What reading marker `id` means, for a reader whose own marker is `ours`.
+pub(crate) fn marker_read(
+    broker: &Broker,
+    id: &str,
+    ours: &str,
+    drain: Option<&str>,
+    synced: &tokio::sync::watch::Sender<Option<String>>,
+) -> Read {
+    let _ = synced.send(Some(id.to_owned()));
+    if drain == Some(id) {
+        return Read::Drained;
+    }
+    if id != ours {
         return Read::Record;
     }
-    if let Some(AMQPValue::LongLongInt(source)) = header(delivery, SOURCE_HEADER) {
+    if !broker.readiness.is_caught_up() {
+        broker.readiness.set_caught_up();
+        tracing::info!(log = %LogTarget::of(&broker.config).describe(), "caught up with the log: ready");
+    }
+    broker.stats.caught_up();
+    Read::OurMarker
+}
+
+/// Judges a notification record at `position` (the offset whose id it gets) and hands it to the
+/// fan-out and the statistics; `false` when it was refused (the caller skips the position).
+pub(crate) fn emit_record(
+    broker: &Broker,
+    properties: &lapin::BasicProperties,
+    body: &[u8],
+    position: u64,
+) -> bool {
+    let log = LogTarget::of(&broker.config).describe();
+    if let Some(AMQPValue::LongLongInt(source)) = crate::record::header(properties, SOURCE_HEADER) {
         // An append whose confirm never came (its session ended) did land: its redelivery
         // must not be appended again.
         broker
@@ -245,79 +295,93 @@ fn read_one(broker: &Broker, delivery: &AmqpDelivery, marker: &str, drain: Optio
     }
     // One span from the producer's message to the emit: the consumer copied its traceparent
     // into the record.
-    let (traceparent, _) = telemetry::amqp_trace_context(delivery.properties.headers().as_ref());
-    let routing_key = match header(delivery, ROUTING_KEY_HEADER) {
+    let (traceparent, _) = telemetry::amqp_trace_context(properties.headers().as_ref());
+    let routing_key = match crate::record::header(properties, ROUTING_KEY_HEADER) {
         Some(AMQPValue::LongString(key)) => String::from_utf8_lossy(key.as_bytes()).into_owned(),
-        _ => stream.to_owned(),
+        _ => log.clone(),
     };
     let span = telemetry::delivery_span(traceparent.as_deref(), &routing_key);
-    telemetry::record_stream_offset(&span, offset);
-    match Envelope::from_record(&delivery.data) {
-        Ok(envelope) => {
-            let envelope = Arc::new(envelope);
-            let live = broker.readiness.is_caught_up();
-            let outcome = span.in_scope(|| fanout.publish(Some(offset), envelope.clone()));
-            telemetry::record_delivery(
-                &span,
-                envelope.message_id.as_deref(),
-                &envelope.rooms,
-                outcome,
-            );
-            if live && matches!(outcome, Outcome::Delivered { .. }) {
-                fanout.observe_lag(&envelope);
-                if let Some(AMQPValue::LongLongInt(appended_us)) =
-                    header(delivery, APPENDED_AT_HEADER)
-                {
-                    // Clocks of two instances may differ: a negative hop counts as none.
-                    let hop = (crate::consumer::unix_micros() - appended_us).max(0) as f64 / 1e6;
-                    broker.metrics.stream_lag.set(hop);
-                    broker.metrics.stream_hop.observe(hop);
-                }
+    telemetry::record_stream_offset(&span, position);
+    let envelope = match Envelope::from_record_judged(body, &broker.limits) {
+        Ok(envelope) => Arc::new(envelope),
+        Err(rejection) => {
+            tracing::warn!(%log, position, reason = rejection.code(), bytes = body.len(), "a record that a producer could not have sent: skipped");
+            broker
+                .metrics
+                .records_refused
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    reason: rejection.code(),
+                })
+                .inc();
+            return false;
+        }
+    };
+    let appended_us = crate::record::integer(properties, APPENDED_AT_HEADER);
+    let live = broker.readiness.is_caught_up();
+    let outcome = span.in_scope(|| broker.fanout.publish(Some(position), envelope.clone()));
+    telemetry::record_delivery(
+        &span,
+        envelope.message_id.as_deref(),
+        &envelope.rooms,
+        outcome,
+    );
+    if matches!(outcome, Outcome::Delivered { .. }) {
+        broker.stats.count(position, &envelope, appended_us);
+        if live {
+            broker.fanout.observe_lag(&envelope);
+            if let Some(appended_us) = appended_us {
+                // Clocks of two instances may differ: a negative hop counts as none.
+                let hop = (crate::record::unix_micros() - appended_us).max(0) as f64 / 1e6;
+                broker.metrics.stream_lag.set(hop);
+                broker.metrics.stream_hop.observe(hop);
             }
         }
-        Err(rejection) => {
-            tracing::warn!(%stream, offset, reason = rejection.code(), "a stream record does not parse: skipped");
-            fanout.skip(offset);
-        }
     }
-    Read::Record
+    true
 }
 
-/// Appends a marker with a fresh id and waits for its confirm; returns the id.
+/// Appends a marker with a fresh id to the log and waits for its confirm; returns the id.
 pub(crate) async fn append_marker(
+    broker: &Broker,
     connection: &Connection,
-    stream: &str,
 ) -> Result<String, SessionError> {
     let id = format!("{:032x}", rand::rng().random::<u128>());
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
     let mut headers = FieldTable::default();
     headers.insert(
         MARKER_HEADER.into(),
         AMQPValue::LongString(id.as_str().into()),
     );
-    let properties = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
-        .with_headers(headers);
     let body = format!(r#"{{"marker":"{id}"}}"#);
-    let confirm = channel
-        .basic_publish(
-            "".into(),
-            stream.into(),
-            BasicPublishOptions::default(),
-            body.as_bytes(),
-            properties,
-        )
+    append_control(broker, connection, headers, body.as_bytes()).await?;
+    Ok(id)
+}
+
+/// Appends a control record (a marker, a checkpoint) on a channel of its own, confirmed.
+pub(crate) async fn append_control(
+    broker: &Broker,
+    connection: &Connection,
+    headers: FieldTable,
+    body: &[u8],
+) -> Result<(), SessionError> {
+    let target = LogTarget::of(&broker.config);
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let confirmed = tokio::time::timeout(PUBLISH_CONFIRM_TIMEOUT, confirm).await;
-    let _ = channel.close(200, "marker appended".into()).await;
+    let confirmed = crate::amqp::publish_confirmed(
+        &channel,
+        &target.exchange,
+        &target.routing_key,
+        BasicPublishOptions::default(),
+        body,
+        crate::record::properties(headers),
+    )
+    .await;
+    let _ = channel.close(200, "appended".into()).await;
     match confirmed {
-        Ok(Ok(confirmation)) if confirmation.is_ack() => Ok(id),
-        Ok(Err(error)) => Err(error.into()),
-        _ => Err(SessionError::AppendRefused(stream.to_owned())),
+        Ok(_) => Ok(()),
+        Err(crate::amqp::PublishError::Amqp(error)) => Err(error.into()),
+        Err(_) => Err(SessionError::AppendRefused(target.describe())),
     }
 }
 

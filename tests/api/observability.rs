@@ -1,5 +1,6 @@
 //! What operators see: metrics the dashboard and the alerts rely on, traces at an OTLP
-//! receiver, a log that pages only when it matters, a binary that explains its configuration.
+//! receiver, a log that pages only when it matters, a binary that explains its configuration,
+//! and a wire contract (`docs/contract.md`) that documents the same variables.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -285,6 +286,87 @@ fn help_lists_the_variables_of_env_example_with_the_same_defaults() {
     let example = env_example();
     assert!(example.len() > 30, "{example:?}");
     assert_eq!(help, example);
+}
+
+/// Variables of the OpenTelemetry specification that `docs/contract.md` mentions as examples
+/// of what the OpenTelemetry SDK also reads. They are OpenTelemetry's interface, with its
+/// meanings and defaults, not the daemon's configuration: the daemon does not validate them at
+/// start, so `--help` does not list them.
+const OPENTELEMETRY_VARIABLES: [&str; 4] = [
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_BSP_SCHEDULE_DELAY",
+];
+
+/// A variable's name: upper case, digits and `_`, at least three characters (so that the
+/// units `Y M D` of an age are not taken for one).
+fn is_variable_name(text: &str) -> bool {
+    text.len() >= 3
+        && text.starts_with(|c: char| c.is_ascii_uppercase())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// The names in backquotes in `text` that are variables: `NAME`, or `NAME=value`.
+fn quoted_variables(text: &str) -> impl Iterator<Item = &str> {
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|quoted| quoted.split_once('=').map_or(quoted, |(name, _)| name))
+        .filter(|name| is_variable_name(name))
+}
+
+/// `docs/contract.md`: the variables its section 1 tables document (the first cell of each
+/// row: `HOST` / `PORT` is two), and every variable it mentions anywhere else (not counting
+/// the default cells of those tables: a default such as `UTC` is a value, not a name).
+fn contract_variables() -> (BTreeSet<String>, BTreeSet<String>) {
+    let text = std::fs::read_to_string(Path::new(ROOT).join("docs/contract.md")).unwrap();
+    let mut documented = BTreeSet::new();
+    let mut mentioned = BTreeSet::new();
+    let mut section = "";
+    for line in text.lines() {
+        if line.starts_with("## ") {
+            section = line;
+        }
+        if section.starts_with("## 1. ") && line.starts_with("| `") {
+            let cells: Vec<&str> = line.split('|').collect();
+            documented.extend(quoted_variables(cells[1]).map(str::to_owned));
+            mentioned.extend(quoted_variables(&cells[3..].join("|")).map(str::to_owned));
+        } else {
+            mentioned.extend(quoted_variables(line).map(str::to_owned));
+        }
+    }
+    assert!(
+        text.contains("\n## 1. Configuration") && text.contains("\n## 2. "),
+        "docs/contract.md keeps the contract's section numbering"
+    );
+    (documented, mentioned)
+}
+
+#[test]
+fn the_contract_documents_exactly_the_variables_help_lists() {
+    let help: BTreeSet<String> = help_environment().into_keys().collect();
+    let (documented, mentioned) = contract_variables();
+    assert!(documented.len() > 30, "{documented:?}");
+    let missing: Vec<_> = help.difference(&documented).collect();
+    let extra: Vec<_> = documented.difference(&help).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "docs/contract.md section 1 and --help disagree: \
+         listed by --help only: {missing:?}; documented only: {extra:?}"
+    );
+    let undocumented: Vec<_> = mentioned
+        .iter()
+        .filter(|name| !documented.contains(*name))
+        .filter(|name| !OPENTELEMETRY_VARIABLES.contains(&name.as_str()))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "docs/contract.md mentions variables that its section 1 does not document: \
+         {undocumented:?}"
+    );
 }
 
 #[test]

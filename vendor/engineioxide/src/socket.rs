@@ -568,8 +568,16 @@ where
     /// The socket will be removed from the `Engine` and the [`Handler`](crate::handler::EngineIoHandler) will be notified.
     #[cfg_attr(feature = "tracing", tracing::instrument(skip(self)))]
     pub fn close(&self, reason: DisconnectReason) {
-        // Try to send a close packet is the connection is still operational.
-        self.send(Packet::Close).ok();
+        // A server that stops, or drops a reader that fell behind, closes the way a lost
+        // connection looks: a close packet would tell clients (python-socketio, for one) that
+        // the server meant it, and they would not reconnect.
+        if !matches!(
+            reason,
+            DisconnectReason::ClosingServer | DisconnectReason::QueueOverflow
+        ) {
+            // Try to send a close packet is the connection is still operational.
+            self.send(Packet::Close).ok();
+        }
 
         (self.close_fn)(self.id, reason);
     }

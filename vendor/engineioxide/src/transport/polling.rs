@@ -142,8 +142,13 @@ where
     }) = payload
     else {
         #[cfg(feature = "tracing")]
-        tracing::debug!(%sid, "session closed while polling, returning empty payload");
-        return Ok(http_response(StatusCode::OK, "", false));
+        tracing::debug!(%sid, "session closed while polling, failing the poll");
+        // The poll fails as it would if the connection were lost, so the client reconnects.
+        return Ok(http_response(
+            StatusCode::BAD_REQUEST,
+            r#"{"code":1,"message":"Session ID unknown"}"#,
+            false,
+        ));
     };
 
     // set back the peeked packet so it can be read again
