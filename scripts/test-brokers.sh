@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# `make test-brokers`: the broker-facing integration tests against the brokers operators have
+# (contract v3 section 2), beside `make test`'s run against the local 3.10 node:
+#
+#   1. RabbitMQ 4.0 with 4.3's defaults (no transient non-exclusive queues, no global QoS)
+#   2. RabbitMQ 4.0 with default_queue_type = quorum (as Amazon MQ 4.2 has it)
+#   3. the local broker, the daemon in stream-less mode (RABBITMQ_STREAM=off, as for Amazon MQ)
+#   4. a three-node 3.10 cluster losing a node mid-run (tests/api/cluster.rs)
+#
+# It starts those brokers itself (scripts/rabbitmq4.sh, scripts/cluster.sh) and stops them
+# however it ends. Every run goes on even when an earlier one failed; the summary names each
+# and the exit status is non-zero if any failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+# The tests that talk to RabbitMQ (cargo's filters match module paths).
+BROKER_TESTS=(bridge:: stream:: dead_letters:: publishing:: faults:: polling::)
+R4_DEFAULTS_PORT=5701
+R4_QUORUM_PORT=5702
+started=()
+results=()
+failed=0
+
+cleanup() {
+  local what
+  for what in "${started[@]}"; do
+    case "$what" in
+      cluster) bash scripts/cluster.sh stop ;;
+      *) bash scripts/rabbitmq4.sh stop "$what" ;;
+    esac
+  done
+  started=()
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# run NAME ENV... -- CARGO-TEST-ARGS...: one cargo test run, timed, recorded in the summary.
+run() {
+  local name=$1 envs=()
+  shift
+  while [ "$1" != "--" ]; do
+    envs+=("$1")
+    shift
+  done
+  shift
+  echo "=== test-brokers: $name" >&2
+  local t0=$SECONDS
+  if env "${envs[@]}" cargo test --locked --test api -- "$@"; then
+    results+=("ok      $name ($((SECONDS - t0)) s)")
+  else
+    results+=("FAILED  $name ($((SECONDS - t0)) s)")
+    failed=1
+  fi
+}
+
+t_start=$SECONDS
+# Compiled once, before any broker takes memory and CPU.
+cargo test --locked --test api --no-run || exit 1
+
+# The two 4.0 nodes start side by side.
+bash scripts/rabbitmq4.sh install || exit 1
+bash scripts/rabbitmq4.sh start r4defaults $R4_DEFAULTS_PORT \
+  "deprecated_features.permit.transient_nonexcl_queues = false" \
+  "deprecated_features.permit.global_qos = false" &
+p1=$!
+bash scripts/rabbitmq4.sh start r4quorum $R4_QUORUM_PORT "default_queue_type = quorum" &
+p2=$!
+wait $p1 && started+=(r4defaults)
+wait $p2 && started+=(r4quorum)
+[ ${#started[@]} -eq 2 ] || exit 1
+
+run "RabbitMQ 4.0 with 4.3's defaults" \
+  NB_TEST_AMQP_URL="amqp://guest:guest@127.0.0.1:$R4_DEFAULTS_PORT/%2f" \
+  NB_TEST_MANAGEMENT_URL="http://guest:guest@127.0.0.1:$((R4_DEFAULTS_PORT + 10000))" \
+  -- "${BROKER_TESTS[@]}"
+run "RabbitMQ 4.0 with default_queue_type = quorum" \
+  NB_TEST_AMQP_URL="amqp://guest:guest@127.0.0.1:$R4_QUORUM_PORT/%2f" \
+  NB_TEST_MANAGEMENT_URL="http://guest:guest@127.0.0.1:$((R4_QUORUM_PORT + 10000))" \
+  -- "${BROKER_TESTS[@]}"
+cleanup # memory and CPU for what follows
+
+bash scripts/ensure-rabbitmq.sh || exit 1
+run "stream-less mode (RABBITMQ_STREAM=off) on the local broker" \
+  NB_TEST_STREAM=off -- "${BROKER_TESTS[@]}"
+
+if bash scripts/cluster.sh start; then
+  started+=(cluster)
+  run "three-node cluster, a node killed mid-run" \
+    NB_TEST_CLUSTER_URLS="$(bash scripts/cluster.sh urls)" -- cluster::
+  cleanup
+else
+  results+=("FAILED  three-node cluster: it did not start")
+  failed=1
+fi
+
+echo "=== test-brokers: $((SECONDS - t_start)) s in all" >&2
+printf '  %s\n' "${results[@]}" >&2
+exit $failed
