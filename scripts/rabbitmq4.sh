@@ -187,6 +187,8 @@ start() {
     echo "loopback_users.guest = true"
     echo "log.file.level = info"
     echo "log.console = false"
+    # The management API's figures every second (default 5 s): tests poll them.
+    echo "collect_statistics_interval = 1000"
     local line
     for line in "$@"; do echo "$line"; done
   } >"$dir/rabbitmq.conf"

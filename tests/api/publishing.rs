@@ -188,7 +188,12 @@ async fn a_retry_with_the_printed_message_id_is_emitted_once() {
         .unwrap();
 
     let body = r#"{"type":"retried","recipients":[3]}"#;
-    let first = publish_tool(&app.exchange, broker_url(), &[], &["notification.session", body]);
+    let first = publish_tool(
+        &app.exchange,
+        broker_url(),
+        &[],
+        &["notification.session", body],
+    );
     assert!(first.status.success(), "{}", text(&first.stderr));
     assert!(text(&first.stdout).contains("(confirmed)"));
     let id = printed_message_id(&first);

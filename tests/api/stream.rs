@@ -131,7 +131,9 @@ async fn polling_that_alternates_between_instances_sees_each_notification_once()
 
 #[tokio::test]
 async fn a_cursor_from_before_a_restart_continues_with_what_was_published_while_it_was_down() {
-    requires_stream!("a restarted instance starts with empty memory; only the stream keeps the cursor");
+    requires_stream!(
+        "a restarted instance starts with empty memory; only the stream keeps the cursor"
+    );
     let topology = Topology::fresh();
     let settings = || Settings {
         exchange: Some(topology.exchange.clone()),

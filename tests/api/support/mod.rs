@@ -98,9 +98,12 @@ pub fn broker_vars() -> Vec<(String, String)> {
     vars
 }
 
-/// Says on the terminal, past the test harness's capture, that a test was skipped and why.
-/// Tests skip only through this, so a skip is never silent.
-pub fn skip(test: &str, why: &str) {
+/// Says on the terminal, past the test harness's capture, that the running test is skipped and
+/// why. Tests skip only through this, so a skip is never silent.
+pub fn skip(why: &str) {
+    // libtest names each test's thread after the test, and #[tokio::test] runs on that thread.
+    let current = std::thread::current();
+    let test = current.name().unwrap_or("a test");
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
@@ -109,10 +112,10 @@ pub fn skip(test: &str, why: &str) {
 macro_rules! requires_stream {
     ($why:expr) => {
         if $crate::support::stream_off() {
-            $crate::support::skip(
-                &format!("{}::{}", module_path!(), line!()),
-                &format!("needs the stream (NB_TEST_STREAM=off): {}", $why),
-            );
+            $crate::support::skip(&format!(
+                "needs the stream, and NB_TEST_STREAM=off runs without one: {}",
+                $why
+            ));
             return;
         }
     };

@@ -75,7 +75,10 @@ impl TlsBroker {
     pub fn url(&self) -> String {
         // The broker under test's credentials and vhost, through this endpoint.
         let plain = super::broker_url_via(&format!("localhost:{}", self.port));
-        format!("amqps://{}", plain.split_once("://").map_or(plain.as_str(), |(_, r)| r))
+        format!(
+            "amqps://{}",
+            plain.split_once("://").map_or(plain.as_str(), |(_, r)| r)
+        )
     }
 }
 
