@@ -17,7 +17,8 @@
 # never the system node's name, ports, data or epmd: the system broker is not touched.
 #
 # NB_CLUSTER_RABBITMQ=system (default) runs the system's RabbitMQ (3.10 on Debian 12);
-# NB_CLUSTER_RABBITMQ=4 runs 4.0.x from scripts/rabbitmq4.sh's private root.
+# NB_CLUSTER_RABBITMQ=4 runs 4.0.x from scripts/rabbitmq4.sh's private root. The other
+# subcommands use whichever the running cluster was started with.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -32,6 +33,10 @@ die() {
   exit 1
 }
 
+# The RabbitMQ a running cluster was started with, whatever the environment says now.
+if [ "${1:-}" != start ] && [ -f "$RUN/rabbitmq" ]; then
+  NB_CLUSTER_RABBITMQ=$(cat "$RUN/rabbitmq")
+fi
 case "${NB_CLUSTER_RABBITMQ:-system}" in
   system)
     SBIN=/usr/lib/rabbitmq/bin
@@ -141,6 +146,7 @@ start() {
   done
   rm -rf "$RUN"
   mkdir -p "$RUN/home"
+  echo "${NB_CLUSTER_RABBITMQ:-system}" >"$RUN/rabbitmq"
   head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RUN/home/.erlang.cookie"
   chmod 400 "$RUN/home/.erlang.cookie"
   launch nbc1
