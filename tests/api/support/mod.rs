@@ -657,12 +657,28 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("{series} not in:\n{text}"))
 }
 
-/// Messages of `queue` delivered and not yet acked, as the broker counts them: from the
-/// management API when [`management_url`] is set, else from `rabbitmqctl` on the local node.
+/// Messages of `queue` delivered and not yet acked, as the broker counts them (see
+/// [`queue_field`]).
 pub async fn queue_unacked(queue: &str) -> Option<u32> {
+    queue_field(queue, "messages_unacknowledged")
+        .await?
+        .parse()
+        .ok()
+}
+
+/// One figure of `queue` as the broker reports it (`type`, `messages_unacknowledged`, ...: the
+/// names are the same in the management API and `rabbitmqctl list_queues`): from the management
+/// API when [`management_url`] is set, else from `rabbitmqctl` on the local node. `None` when
+/// the queue or the figure is not there (yet: the management API refreshes its figures every
+/// `collect_statistics_interval`).
+pub async fn queue_field(queue: &str, field: &str) -> Option<String> {
     if let Some(base) = management_url() {
         let url = reqwest::Url::parse(base).expect("NB_TEST_MANAGEMENT_URL is a URL");
-        let (user, password) = (url.username().to_owned(), url.password().map(str::to_owned));
+        let user = match url.username() {
+            "" => "guest".to_owned(),
+            user => user.to_owned(),
+        };
+        let password = url.password().unwrap_or("guest").to_owned();
         let mut api = url.clone();
         let _ = api.set_username("");
         let _ = api.set_password(None);
@@ -673,10 +689,7 @@ pub async fn queue_unacked(queue: &str) -> Option<u32> {
             .extend(["api", "queues", &vhost, queue]);
         let body: Value = reqwest::Client::new()
             .get(api)
-            .basic_auth(
-                if user.is_empty() { "guest" } else { &user },
-                Some(password.unwrap_or_else(|| "guest".into())),
-            )
+            .basic_auth(user, Some(password))
             .timeout(WAIT)
             .send()
             .await
@@ -684,8 +697,11 @@ pub async fn queue_unacked(queue: &str) -> Option<u32> {
             .json()
             .await
             .ok()?;
-        // The management API refreshes its figures every few seconds (`collect_statistics_interval`).
-        return body["messages_unacknowledged"].as_u64().map(|n| n as u32);
+        return match &body[field] {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        };
     }
     assert_eq!(
         broker_url(),
@@ -693,21 +709,15 @@ pub async fn queue_unacked(queue: &str) -> Option<u32> {
         "set NB_TEST_MANAGEMENT_URL: rabbitmqctl only reads the local broker"
     );
     let output = tokio::process::Command::new("rabbitmqctl")
-        .args([
-            "list_queues",
-            "-q",
-            "--no-table-headers",
-            "name",
-            "messages_unacknowledged",
-        ])
+        .args(["list_queues", "-q", "--no-table-headers", "name", field])
         .output()
         .await
         .ok()?;
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .find_map(|line| {
-            let mut fields = line.split_whitespace();
-            (fields.next()? == queue).then(|| fields.next()?.parse().ok())?
+            let mut fields = line.split('\t');
+            (fields.next()? == queue).then(|| fields.next().map(str::to_owned))?
         })
 }
 
