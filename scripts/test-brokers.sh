@@ -5,8 +5,8 @@
 #   1. RabbitMQ 4.0 with 4.3's defaults (no transient non-exclusive queues, no global QoS)
 #   2. RabbitMQ 4.0 with default_queue_type = quorum (as Amazon MQ 4.2 has it)
 #   3. the local broker, the daemon in stream-less mode (RABBITMQ_STREAM=off, as for Amazon MQ)
-#   4. a three-node 3.10 cluster losing a node mid-run (tests/api/cluster.rs); NB_CLUSTER4=1
-#      runs them on a 4.0 cluster too
+#   4. a three-node cluster losing a node mid-run (tests/api/cluster.rs), 3.10 then 4.0
+#      (NB_CLUSTER4=0 leaves the 4.0 one out)
 #
 # It starts those brokers itself (scripts/rabbitmq4.sh, scripts/cluster.sh) and stops them
 # however it ends. Every run goes on even when an earlier one failed; the summary names each
@@ -85,9 +85,9 @@ bash scripts/ensure-rabbitmq.sh || exit 1
 run "stream-less mode (RABBITMQ_STREAM=off) on the local broker" \
   NB_TEST_STREAM=off -- "${BROKER_TESTS[@]}"
 
-# The 3.10 cluster; with NB_CLUSTER4=1, a 4.0 cluster as well (about 3 minutes more).
+# The 3.10 cluster, then a 4.0 one (about 2.5 minutes each).
 cluster_versions=(system)
-[ "${NB_CLUSTER4:-}" = 1 ] && cluster_versions+=(4)
+[ "${NB_CLUSTER4:-1}" = 0 ] || cluster_versions+=(4)
 for version in "${cluster_versions[@]}"; do
   label="three-node cluster ($([ "$version" = 4 ] && echo 4.0 || echo 3.10)), a node killed mid-run"
   if NB_CLUSTER_RABBITMQ=$version bash scripts/cluster.sh start; then
