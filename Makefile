@@ -44,8 +44,10 @@ vendor: $(NODE_DEPS)
 $(NODE_DEPS): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 
-## RabbitMQ on 127.0.0.1:5672, Chromium and promtool, started or installed if missing.
+## RabbitMQ on 127.0.0.1:5672, Chromium, promtool and python-socketio (.venv), started or
+## installed if missing.
 services:
 	bash scripts/ensure-rabbitmq.sh
 	bash scripts/ensure-chromium.sh
 	bash scripts/ensure-promtool.sh
+	bash scripts/ensure-python-client.sh

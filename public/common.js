@@ -23,22 +23,86 @@ export async function mintDevToken(secret, claims) {
   return `${head}.${b64url(await crypto.subtle.sign('HMAC', key, enc.encode(head)))}`;
 }
 
-/** `GET {baseUrl}/api/config`, or null when the daemon cannot be reached. */
-export async function fetchConfig(baseUrl) {
+/** A URL under the daemon's base URL (a path prefix is kept). */
+export const daemonUrl = (baseUrl, path) => new URL(path, baseUrl.replace(/\/*$/, '/'));
+
+/**
+ * What `GET {baseUrl}/api/config` says: `{ config }`, or `{ config: null, problem }` with
+ * `problem` `unreachable` (no answer: wrong host, daemon down, CORS) or `not_daemon` (an answer,
+ * but not the daemon's configuration: a wrong URL).
+ */
+export async function probeDaemon(baseUrl) {
+  let res;
   try {
-    const res = await fetch(new URL('api/config', baseUrl.replace(/\/*$/, '/')), { cache: 'no-store' });
-    return res.ok ? await res.json() : null;
+    res = await fetch(daemonUrl(baseUrl, 'api/config'), { cache: 'no-store' });
   } catch {
-    return null;
+    return { config: null, problem: 'unreachable' };
+  }
+  const config = await res.json().catch(() => null);
+  if (!res.ok || typeof config?.ENABLE_RABBITMQ !== 'boolean') return { config: null, problem: 'not_daemon' };
+  return { config, problem: null };
+}
+
+/** `GET {baseUrl}/api/config`, or null when the daemon cannot be reached or is not a daemon. */
+export async function fetchConfig(baseUrl) {
+  return (await probeDaemon(baseUrl)).config;
+}
+
+const PROBLEMS = {
+  unreachable: (url) => `Cannot reach the daemon at ${url}: check the URL and that it is running.`,
+  not_daemon: (url) => `${url} answered, but not as a notify-bridge daemon: check the URL.`,
+};
+
+/** The sentence for a daemon that cannot be used, or '' when it can. */
+export const problemText = (problem, url) => (problem ? PROBLEMS[problem](url) : '');
+
+/** The token to connect with: the pasted one, else one minted from the secret, else none if auth is off. */
+export async function resolveToken({ probe, baseUrl, token, secret, claims }) {
+  if (probe.problem) throw new Error(problemText(probe.problem, baseUrl));
+  if (token.trim()) return token.trim();
+  if (secret) return mintDevToken(secret, claims);
+  if (probe.config.authRequired === false) return '';
+  throw new Error('This daemon requires a token: paste one.');
+}
+
+/** What the client's errors mean for the person looking at the page. */
+export function explainError(err, baseUrl) {
+  switch (err.code) {
+    case 'unauthorized':
+      return 'The daemon refused this token: it is invalid, expired, or signed with another secret. Paste a new one.';
+    case 'forbidden':
+      return `This token may not read ${err.room ?? 'this room'}.`;
+    case 'token_expired':
+      return 'The token expired: paste a new one and connect again.';
+    case 'config_invalid':
+      return problemText('not_daemon', baseUrl);
+    case 'config_unreachable':
+      return problemText('unreachable', baseUrl);
+    case 'rate_limited':
+      return 'The daemon asks to slow down; trying again shortly.';
+    default:
+      return err.message;
   }
 }
 
-/** The token to connect with: the pasted one, else one minted from the secret, else none if auth is off. */
-export async function resolveToken({ config, token, secret, claims }) {
-  if (token.trim()) return token.trim();
-  if (secret) return mintDevToken(secret, claims);
-  if (config && config.authRequired === false) return '';
-  throw new Error('This daemon requires a token: paste one or mint one from the secret.');
+/**
+ * Says `text` to screen readers through the page's polite live region (#announcer), at most one
+ * sentence every 2 s: what arrives in between is summed up in the next one.
+ */
+let pending = [];
+let announceTimer = null;
+export function announce(text) {
+  pending.push(text);
+  if (announceTimer) return;
+  const flush = () => {
+    announceTimer = null;
+    if (!pending.length) return;
+    const el = document.getElementById('announcer');
+    if (el) el.textContent = pending.length === 1 ? pending[0] : `${pending.length} new notifications; the latest: ${pending.at(-1)}`;
+    pending = [];
+    announceTimer = setTimeout(flush, 2000);
+  };
+  flush();
 }
 
 export const MODE_LABELS = { realtime: 'Real time', polling: 'Polling', connecting: 'Connecting…', off: 'Not connected' };
@@ -155,27 +219,49 @@ export function showDevControls(config) {
 }
 
 /**
+ * The connection panel (#connection, a <details>) folds away once notifications flow, and opens
+ * again when something needs the user (an error, a disconnect by hand); #connection-summary says
+ * where the page is connected while it is folded.
+ */
+function foldConnection(open, summary) {
+  const panel = document.getElementById('connection');
+  if (panel) panel.open = open;
+  const line = document.getElementById('connection-summary');
+  if (line && summary !== undefined) line.textContent = summary;
+}
+
+/**
  * Connect with @notify-bridge/client and wire the page's mode and state badges, message line and
  * Connect/Disconnect buttons (elements #mode, #state, #message, #connect, #disconnect).
  * @returns the connection handle, also exposed as `window.notifyConnection` for tests
  */
-function connectPage({ baseUrl, token, rooms, onNotification, onReset }) {
+function connectPage({ baseUrl, token, rooms, onNotification, onReset, onStats, onMode }) {
   const $ = (id) => document.getElementById(id);
   $('connect').disabled = true;
   $('disconnect').disabled = false;
+  const where = `${rooms.join(', ')} at ${new URL(baseUrl).host}`;
+  foldConnection(true, `connecting to ${where}…`);
   const conn = connectNotifications({
     baseUrl,
     token,
     rooms,
     onNotification,
     onReset,
-    onMode: (mode) => showMode($('mode'), mode),
+    onStats,
+    onMode: (mode) => {
+      showMode($('mode'), mode);
+      onMode?.(mode);
+    },
     onState: (state) => {
       showState($('state'), state);
       $('connect').disabled = state !== 'error'; // allow a retry once the client has given up
-      if (state === 'connected' || state === 'polling') showMessage($('message'), ''); // recovered
+      if (state === 'connected' || state === 'polling') {
+        showMessage($('message'), ''); // recovered
+        foldConnection(false, `${state === 'connected' ? 'live' : 'polling'}: ${where}`);
+      }
+      if (state === 'error') foldConnection(true, `not connected: ${where}`);
     },
-    onError: (err) => showMessage($('message'), err.message),
+    onError: (err) => showMessage($('message'), explainError(err, baseUrl)),
   });
   window.notifyConnection = conn;
   return conn;
@@ -195,8 +281,10 @@ export function wireConnectForm({ describeDaemon, prepare }) {
     conn?.close();
     conn = null;
     showMode($('mode'), 'off');
+    showState($('state'), 'idle');
     $('connect').disabled = false;
     $('disconnect').disabled = true;
+    foldConnection(true, 'not connected');
   };
   const connect = async () => {
     disconnect();
@@ -205,7 +293,9 @@ export function wireConnectForm({ describeDaemon, prepare }) {
       conn = connectPage(await prepare(await describeDaemon()));
     } catch (err) {
       showMessage($('message'), err.message);
+      showState($('state'), 'error');
       $('connect').disabled = false;
+      foldConnection(true, 'not connected');
     }
   };
   $('connect-form').addEventListener('submit', (e) => {

@@ -1,70 +1,54 @@
-// CMS dashboard: counters per category, a per-minute chart of the last hour and the latest events.
+// CMS dashboard: the daemon's statistics (contract section 7: counters since the start and today
+// per category, a per-minute chart of the last hour) beside the latest events of cms:dashboard.
+// The figures come from the daemon (GET /api/stats, then the socket event `stats`), so they are
+// the same on every instance and survive a reload; a daemon without /api/stats (404) gets a
+// dashboard without the statistics panel.
 import {
-  wireConnectForm,
-  CATEGORIES, categoryOf, fetchConfig, resolveToken, notificationItem, timeOf,
-  pageParams, showDevControls,
+  wireConnectForm, announce, summarize, typeLabel, daemonUrl,
+  CATEGORIES, probeDaemon, problemText, resolveToken, notificationItem,
+  pageParams, showDevControls, showMessage,
 } from './common.js';
 
 const ROOM = 'cms:dashboard';
 const MAX_EVENTS = 50;
-const MINUTE = 60_000;
 const $ = (id) => document.getElementById(id);
 const events = $('events');
 const canvas = $('chart');
-
-// Counts are kept as numbers and per-minute buckets, never as a list of events, so memory
-// stays flat however busy the room is.
-const KEYS = ['all', ...CATEGORIES];
-const zero = () => Object.fromEntries(KEYS.map((c) => [c, 0]));
-let totals; // since connecting
-let today; // for the local day `todayKey`; starts again at midnight
-let todayKey;
-let minutes; // minute start (ms) → per-category counts, pruned to the last hour
-resetCounts();
+const KNOWN = CATEGORIES.filter((c) => c !== 'other');
 
 const params = pageParams();
 $('base-url').value = params.get('base') || location.origin;
 
-function resetCounts() {
-  totals = zero();
-  today = zero();
-  todayKey = new Date().toDateString();
-  minutes = new Map();
+let stats = null; // the last statistics received
+let statsSession = 0; // bumped on every (dis)connect: answers for an older connection are dropped
+let statsTimer = null;
+
+/** Per-category counts with `other` = the total minus the known categories. */
+function splitCategories(total, byCategory, pick) {
+  const out = {};
+  let known = 0;
+  for (const c of KNOWN) {
+    out[c] = Number(pick(byCategory?.[c])) || 0;
+    known += out[c];
+  }
+  out.other = Math.max(0, (Number(total) || 0) - known);
+  return out;
 }
 
-function rollDay() {
-  const key = new Date().toDateString();
-  if (key !== todayKey) {
-    todayKey = key;
-    today = zero();
-  }
-}
-
-function count(n) {
-  const cat = categoryOf(n);
-  const at = timeOf(n);
-  totals.all += 1;
-  totals[cat] += 1;
-  rollDay();
-  if (at.toDateString() === todayKey) {
-    today.all += 1;
-    today[cat] += 1;
-  }
-  const minute = Math.floor(at.getTime() / MINUTE) * MINUTE;
-  if (minute > Date.now() - 60 * MINUTE) {
-    if (!minutes.has(minute)) minutes.set(minute, zero());
-    const bucket = minutes.get(minute);
-    bucket.all += 1;
-    bucket[cat] += 1;
-  }
-}
-
-function renderCounts() {
-  rollDay();
-  for (const c of KEYS) {
-    $(`count-${c}-total`).textContent = totals[c].toLocaleString();
+function renderStats() {
+  $('stats').hidden = !stats;
+  if (!stats) return;
+  const all = splitCategories(stats.total?.all, stats.categories, (c) => c?.all);
+  const today = splitCategories(stats.total?.today, stats.categories, (c) => c?.today);
+  $('count-all-total').textContent = (Number(stats.total?.all) || 0).toLocaleString();
+  $('count-all-today').textContent = (Number(stats.total?.today) || 0).toLocaleString();
+  for (const c of CATEGORIES) {
+    $(`count-${c}-total`).textContent = all[c].toLocaleString();
     $(`count-${c}-today`).textContent = today[c].toLocaleString();
   }
+  const since = new Date(stats.since);
+  $('stats-note').textContent = `since ${Number.isNaN(since.getTime()) ? stats.since : since.toLocaleString()} · today is ${stats.today} (${stats.timezone})`;
+  drawChart();
 }
 
 const COLORS = {};
@@ -76,13 +60,12 @@ function readColors() {
 }
 
 function drawChart() {
-  const now = Date.now();
-  const end = Math.floor(now / MINUTE) * MINUTE; // start of the current minute
-  const start = end - 59 * MINUTE;
-  for (const m of minutes.keys()) if (m < start) minutes.delete(m);
-  const buckets = Array.from({ length: 60 }, (_, i) => minutes.get(start + i * MINUTE) ?? zero());
-  const hourTotal = buckets.reduce((sum, b) => sum + b.all, 0);
+  const minutes = Array.isArray(stats?.perMinute) ? stats.perMinute.slice(-60) : [];
+  const buckets = minutes.map((m) => ({ total: Number(m.total) || 0, ...splitCategories(m.total, m.categories, (v) => v) }));
+  const hourTotal = buckets.reduce((sum, b) => sum + b.total, 0);
   $('chart-hour-total').textContent = hourTotal.toLocaleString();
+  const busiest = buckets.reduce((a, b) => Math.max(a, b.total), 0);
+  canvas.setAttribute('aria-label', `Notifications per minute over the last hour: ${hourTotal} in all, at most ${busiest} in one minute`);
 
   const dpr = window.devicePixelRatio || 1;
   const { width, height } = canvas.getBoundingClientRect();
@@ -96,9 +79,8 @@ function drawChart() {
   const pad = { left: 36, right: 8, top: 8, bottom: 24 };
   const w = width - pad.left - pad.right;
   const h = height - pad.top - pad.bottom;
-  const max = Math.max(...buckets.map((b) => b.all));
-  const step = niceStep(max);
-  const top = Math.max(step * Math.ceil(max / step), step * 4);
+  const step = niceStep(busiest);
+  const top = Math.max(step * Math.ceil(busiest / step), step * 4);
 
   ctx.font = '11px system-ui, sans-serif';
   ctx.fillStyle = COLORS.text;
@@ -115,23 +97,25 @@ function drawChart() {
     ctx.fillText(String(v), pad.left - 6, y);
   }
 
+  // The newest minute is drawn at the right edge, however many entries there are.
   const slot = w / 60;
   const barW = Math.max(1, slot - 2);
+  const offset = 60 - buckets.length;
   buckets.forEach((b, i) => {
     let y = pad.top + h;
     for (const c of CATEGORIES) {
       if (!b[c]) continue;
       const bh = (b[c] / top) * h;
       ctx.fillStyle = COLORS[c];
-      ctx.fillRect(pad.left + i * slot + 1, y - bh, barW, bh);
+      ctx.fillRect(pad.left + (offset + i) * slot + 1, y - bh, barW, bh);
       y -= bh;
     }
   });
 
   ctx.fillStyle = COLORS.text;
-  ctx.textAlign = 'center';
   ctx.textBaseline = 'top';
-  for (let ago = 0; ago < 60; ago += 10) {
+  const every = w < 300 ? 20 : 10; // fewer labels on a phone
+  for (let ago = 0; ago < 60; ago += every) {
     const x = pad.left + (59 - ago) * slot + slot / 2;
     ctx.textAlign = ago === 0 ? 'right' : 'center';
     ctx.fillText(ago === 0 ? 'now' : `−${ago} min`, ago === 0 ? pad.left + w : x, pad.top + h + 6);
@@ -151,54 +135,113 @@ function scheduleRedraw() {
   redrawQueued = true;
   requestAnimationFrame(() => {
     redrawQueued = false;
-    renderCounts();
-    drawChart();
+    if (stats) drawChart();
   });
 }
 
+function showStats(next, session) {
+  if (session !== statsSession || !next || typeof next !== 'object') return;
+  stats = next;
+  renderStats();
+}
+
+/**
+ * GET /api/stats. 404: this daemon has no statistics (the panel stays hidden, for good on this
+ * connection); another failure keeps the last figures and says why.
+ */
+async function loadStats(baseUrl, token, session) {
+  try {
+    const res = await fetch(daemonUrl(baseUrl, 'api/stats'), {
+      headers: token ? { Authorization: `Bearer ${token}` } : {},
+      cache: 'no-store',
+    });
+    if (session !== statsSession) return false;
+    if (res.status === 404) {
+      stats = null;
+      renderStats();
+      return false;
+    }
+    if (!res.ok) {
+      if (res.status === 401 || res.status === 403) showMessage($('message'), 'This token may not read the statistics (role cms or admin).');
+      return res.status !== 401 && res.status !== 403;
+    }
+    showStats(await res.json(), session);
+  } catch {
+    // Unreachable for now: the connection's own state says so; try again at the next round.
+  }
+  return true;
+}
+
+function stopStats() {
+  statsSession += 1;
+  clearTimeout(statsTimer);
+  statsTimer = null;
+}
+
 function addNotification(n) {
-  count(n);
   $('empty').hidden = true;
-  events.prepend(notificationItem(n));
+  events.prepend(notificationItem(n, { showRoom: false }));
   while (events.children.length > MAX_EVENTS) events.lastElementChild.remove();
-  scheduleRedraw();
+  announce(`${typeLabel(n.type)}: ${summarize(n.data)}`);
+}
+
+function clearEvents() {
+  events.replaceChildren();
+  $('empty').hidden = false;
 }
 
 async function describeDaemon() {
-  const config = await fetchConfig($('base-url').value);
-  showDevControls(config);
-  $('auth-hint').textContent = !config ? '(daemon unreachable)' : config.authRequired ? '(required)' : '(optional: auth is off)';
-  return config;
+  const baseUrl = $('base-url').value;
+  const probe = await probeDaemon(baseUrl);
+  showDevControls(probe.config);
+  $('auth-hint').textContent = probe.problem ? `(${problemText(probe.problem, baseUrl)})` : probe.config.authRequired ? '(required)' : '(optional: auth is off)';
+  return probe;
 }
 
 const connect = wireConnectForm({
   describeDaemon,
-  async prepare(config) {
+  async prepare(probe) {
+    stopStats();
+    const baseUrl = $('base-url').value;
     const token = await resolveToken({
-      config,
+      probe,
+      baseUrl,
       token: $('token').value,
       secret: $('secret').value,
       claims: { sub: 'cms-dashboard', role: 'cms' },
     });
-    resetCounts();
-    events.replaceChildren();
-    $('empty').hidden = false;
-    scheduleRedraw();
-    // A gap the daemon could not fill: count again from what it still holds.
-    const onReset = () => {
-      resetCounts();
-      events.replaceChildren();
-      $('empty').hidden = false;
-      scheduleRedraw();
+    clearEvents();
+    stats = null;
+    renderStats();
+    const session = statsSession;
+    const pollMs = Math.max(1000, Number(probe.config.pollIntervalMs) || 10000);
+    let live = false; // in real time the socket pushes `stats`; otherwise they are polled
+    const poll = async () => {
+      statsTimer = null;
+      const again = await loadStats(baseUrl, token, session);
+      if (again && !live && session === statsSession) statsTimer = setTimeout(poll, pollMs);
     };
-    return { baseUrl: $('base-url').value, token, rooms: [ROOM], onNotification: addNotification, onReset };
+    poll();
+    return {
+      baseUrl,
+      token,
+      rooms: [ROOM],
+      onNotification: addNotification,
+      onReset: clearEvents,
+      onStats: (next) => showStats(next, session),
+      onMode: (mode) => {
+        const wasLive = live;
+        live = mode === 'realtime';
+        if (session !== statsSession) return;
+        if (!live && wasLive && !statsTimer) poll();
+        if (mode === 'off') stopStats();
+      },
+    };
   },
 });
+$('disconnect').addEventListener('click', stopStats);
 
 new ResizeObserver(scheduleRedraw).observe(canvas);
-setInterval(scheduleRedraw, 10_000); // slide the hour window even when nothing arrives
-
 readColors();
-scheduleRedraw();
 if (params.get('autoconnect') === '1') connect();
 else describeDaemon();

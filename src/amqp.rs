@@ -52,6 +52,9 @@ const CONNECT_TIMEOUT_PER_NODE: Duration = Duration::from_secs(5);
 /// A declare must be answered within this: RabbitMQ 4 blocks a declare of a queue whose node
 /// is down rather than refusing it.
 pub(crate) const DECLARE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first try at the queues, before the reader starts: short, so that a queue whose node
+/// is down delays reading the log by this much at most.
+const FIRST_DECLARE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Heartbeat asked for when the URL sets none: a silently dead connection is noticed in ~2x this.
 const DEFAULT_HEARTBEAT_SECS: u16 = 10;
 /// First retry delay; doubles up to `RABBITMQ_RECONNECT_MAX_MS`.
@@ -227,6 +230,20 @@ impl Broker {
         let channel = connection.create_channel().await?;
         declaring("the log's topology", self.declare_log(&channel)).await?;
         let _ = channel.close(200, "declared".into()).await;
+        // The queues are declared before anything is read, so that a producer who sees this
+        // instance ready finds them bound. If that cannot be done now (a queue's node is down),
+        // the consumer keeps trying while the reader reads.
+        let queues =
+            match tokio::time::timeout(FIRST_DECLARE_TIMEOUT, self.declare_queues(&connection))
+                .await
+            {
+                Ok(Ok(())) => crate::consumer::Queues::Declared,
+                Ok(Err(error @ SessionError::Mismatch { .. })) => return Err(error),
+                Ok(Err(error)) => crate::consumer::Queues::Failed(error.to_string()),
+                Err(_) => crate::consumer::Queues::Failed(format!(
+                    "declaring the queues did not finish within {FIRST_DECLARE_TIMEOUT:?}"
+                )),
+            };
 
         let publisher = connection.create_channel().await?;
         publisher
@@ -266,7 +283,7 @@ impl Broker {
         let consumer = crate::consumer::consume(
             self,
             &connection,
-            &publisher,
+            queues,
             &consumer_stop,
             crate::consumer::ReaderState {
                 caught_up: reader_caught_up,
@@ -496,6 +513,9 @@ impl Broker {
             .queue_declare(name.into(), passive, FieldTable::default())
             .await
             .is_ok();
+        if exists {
+            let _ = channel.close(200, "checked".into()).await;
+        }
         let types = if exists {
             let other = match configured {
                 QueueType::Quorum => QueueType::Classic,
@@ -550,6 +570,32 @@ impl Broker {
         *self.connection.write().unwrap_or_else(|p| p.into_inner()) = connection;
     }
 
+    /// The session's confirm-mode channel for ingest and dead letters. A publish the broker
+    /// refuses (an exchange deleted under the daemon, say) closes the channel but not the
+    /// connection: the next publish opens a new one rather than failing for good.
+    pub(crate) async fn publisher(&self) -> Result<Channel, PublishError> {
+        let current = self
+            .publisher
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(PublishError::NotConnected)?;
+        if current.status().connected() {
+            return Ok(current);
+        }
+        let connection = self.connection().ok_or(PublishError::NotConnected)?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let mut slot = self.publisher.write().unwrap_or_else(|p| p.into_inner());
+        // Only if the session it belongs to is still the current one.
+        if slot.is_some() {
+            *slot = Some(channel.clone());
+        }
+        Ok(channel)
+    }
+
     /// The current session's connection, if there is one.
     pub(crate) fn connection(&self) -> Option<Arc<Connection>> {
         self.connection
@@ -565,12 +611,7 @@ impl Broker {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
-        let channel = self
-            .publisher
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or(PublishError::NotConnected)?;
+        let channel = self.publisher().await?;
         let properties = properties
             .with_content_type("application/json".into())
             // Persistent, like the durable queue it lands in.
@@ -740,17 +781,25 @@ fn mismatch(
     }
 }
 
-/// Resolves with the first connection-level error lapin reports.
+/// Resolves with the first connection-level error lapin reports. lapin reports a channel's
+/// errors there too: a soft error closes only its channel (a passive declare of a queue that
+/// does not exist, a publish the broker refuses), and whoever uses that channel sees it.
 pub(crate) async fn connection_error(
     events: &mut (impl futures_util::Stream<Item = lapin::Event> + Unpin),
 ) -> SessionError {
     loop {
         match events.next().await {
-            Some(lapin::Event::Error(error)) => return SessionError::Amqp(error),
+            Some(lapin::Event::Error(error)) if !closes_only_its_channel(&error) => {
+                return SessionError::Amqp(error);
+            }
             Some(_) => continue,
             None => return SessionError::ConnectionClosed,
         }
     }
+}
+
+fn closes_only_its_channel(error: &lapin::Error) -> bool {
+    matches!(error.kind(), ErrorKind::ProtocolError(amqp) if matches!(amqp.kind(), AMQPErrorKind::Soft(_)))
 }
 
 /// Connects to one of `RABBITMQ_URL`'s nodes, trying them in turn from the one at `first`;

@@ -109,10 +109,17 @@ pub(crate) struct ReaderState {
     pub synced: tokio::sync::watch::Receiver<Option<String>>,
 }
 
+/// The session's first try at declaring the queues.
+pub(crate) enum Queues {
+    Declared,
+    /// Not done: why (already logged at WARN), for the consumer to try again.
+    Failed(String),
+}
+
 pub(crate) async fn consume(
     broker: &Broker,
     connection: &Connection,
-    publisher: &Channel,
+    queues: Queues,
     stop: &CancellationToken,
     mut reader: ReaderState,
 ) -> Result<(), SessionError> {
@@ -121,9 +128,11 @@ pub(crate) async fn consume(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .new_session();
-    tokio::select! {
-        _ = stop.cancelled() => return Ok(()),
-        declared = declare_until_done(broker, connection, stop) => declared?,
+    if let Queues::Failed(first) = queues {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            declared = declare_until_done(broker, connection, stop, first) => declared?,
+        }
     }
     // Redeliveries of the last session's appends are judged against what the stream holds, so
     // nothing is consumed before the reader has read everything appended before this session.
@@ -191,7 +200,7 @@ pub(crate) async fn consume(
                         broker.metrics.stream_active_consumer.set(1);
                         tracing::info!(queue = %broker.config.queue, "this instance is the queue's active consumer");
                     }
-                    if let Some(pending) = handle(broker, delivery, publisher, &appender, state).await? {
+                    if let Some(pending) = handle(broker, delivery, &appender, state).await? {
                         in_flight.push_back(pending);
                     }
                 }
@@ -223,7 +232,6 @@ pub(crate) async fn consume(
 async fn handle(
     broker: &Broker,
     delivery: AmqpDelivery,
-    publisher: &Channel,
     appender: &Channel,
     state: &std::sync::Mutex<AppendState>,
 ) -> Result<Option<Confirmed>, SessionError> {
@@ -236,7 +244,7 @@ async fn handle(
     let envelope = match envelope::parse(&delivery.data, source, &broker.limits) {
         Ok(envelope) => envelope,
         Err(rejection) => {
-            dead_letter(broker, delivery, rejection, publisher).await?;
+            dead_letter(broker, delivery, rejection).await?;
             return Ok(None);
         }
     };
@@ -360,16 +368,12 @@ async fn declare_until_done(
     broker: &Broker,
     connection: &Connection,
     stop: &CancellationToken,
+    first: String,
 ) -> Result<(), SessionError> {
     let mut warned = WarnOnce::default();
     let mut failures = 0u32;
+    let mut error = first;
     loop {
-        let error =
-            match crate::amqp::declaring("the queues", broker.declare_queues(connection)).await {
-                Ok(()) => return Ok(()),
-                Err(error @ SessionError::Mismatch { .. }) => return Err(error),
-                Err(error) => error,
-            };
         let delay = crate::amqp::backoff(failures, broker.config.reconnect_max);
         failures = failures.saturating_add(1);
         if warned.is_new(&error) {
@@ -385,6 +389,15 @@ async fn declare_until_done(
             _ = stop.cancelled() => return Ok(()),
             _ = tokio::time::sleep(delay) => {}
         }
+        error = match crate::amqp::declaring("the queues", broker.declare_queues(connection)).await
+        {
+            Ok(()) => {
+                tracing::info!(queue = %broker.config.queue, "the queues are declared: consuming");
+                return Ok(());
+            }
+            Err(error @ SessionError::Mismatch { .. }) => return Err(error),
+            Err(error) => error.to_string(),
+        };
     }
 }
 
@@ -415,7 +428,6 @@ async fn dead_letter(
     broker: &Broker,
     delivery: AmqpDelivery,
     rejection: Rejection,
-    publisher: &Channel,
 ) -> Result<(), SessionError> {
     let category = delivery
         .routing_key
@@ -446,8 +458,13 @@ async fn dead_letter(
         AMQPValue::LongString(rejection.code().into()),
     );
     let properties = delivery.properties.clone().with_headers(headers);
+    let publisher = match broker.publisher().await {
+        Ok(publisher) => publisher,
+        Err(crate::amqp::PublishError::Amqp(error)) => return Err(error.into()),
+        Err(_) => return Err(SessionError::ConnectionClosed),
+    };
     let confirmed = crate::amqp::publish_confirmed(
-        publisher,
+        &publisher,
         &broker.config.dead_letter_exchange(),
         delivery.routing_key.as_str(),
         BasicPublishOptions::default(),

@@ -41,6 +41,10 @@ use crate::rooms::Room;
 pub const EVENT: &str = "notification";
 /// Times a join re-reads the stream because the memory window moved on while it read.
 const JOIN_ATTEMPTS: usize = 3;
+/// How long a join with a cursor this instance has not read up to yet (it is catching up after
+/// a start) waits for it before answering as if the cursor were current. Joined earlier, the
+/// socket would receive what it already had when the reader reads it.
+const AHEAD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The JSON text a client receives for `item` in `room` (`None`: the broadcast copy), contract
 /// section 3. Ids and room names only hold characters that need no escaping in JSON.
@@ -158,6 +162,8 @@ pub struct Fanout {
     join_replay_max: usize,
     /// Most payload bytes one join may replay, likewise.
     join_replay_max_bytes: usize,
+    /// The ledger's head, for joins that wait for the reader to reach their cursor.
+    head: tokio::sync::watch::Sender<u64>,
 }
 
 impl Fanout {
@@ -176,7 +182,28 @@ impl Fanout {
             deep: OnceLock::new(),
             join_replay_max,
             join_replay_max_bytes,
+            head: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Tells waiting joins where the ledger's head is now (called with the lock held, so the
+    /// value only grows).
+    fn moved(&self, ledger: &Ledger) {
+        self.head.send_if_modified(|head| {
+            let moved = *head != ledger.head();
+            *head = ledger.head();
+            moved
+        });
+    }
+
+    /// Waits (at most [`AHEAD_WAIT`]) until this instance has read up to `cursor`, when it is
+    /// a valid cursor it has not reached yet.
+    async fn reach(&self, cursor: &str) {
+        let Cursor::Ahead(id) = self.lock().parse_cursor(Some(cursor)) else {
+            return;
+        };
+        let mut head = self.head.subscribe();
+        let _ = tokio::time::timeout(AHEAD_WAIT, head.wait_for(|head| *head >= id)).await;
     }
 
     /// Connects the stream, for replays beyond the memory window.
@@ -203,12 +230,16 @@ impl Fanout {
 
     /// A stream position that carries no notification.
     pub fn skip(&self, offset: u64) {
-        self.lock().skip(offset);
+        let mut ledger = self.lock();
+        ledger.skip(offset);
+        self.moved(&ledger);
     }
 
     /// Ids up to `id` can no longer be held (the stream expired them before they were read).
     pub fn forget_through(&self, id: u64) {
-        self.lock().forget_through(id);
+        let mut ledger = self.lock();
+        ledger.forget_through(id);
+        self.moved(&ledger);
     }
 
     /// Accepts a notification (at stream `offset`, or under the next local id) and emits it.
@@ -217,7 +248,9 @@ impl Fanout {
         let mut stalled = Vec::new();
         let copies = {
             let mut ledger = self.lock();
-            let item = match ledger.accept(offset, envelope, Instant::now()) {
+            let accepted = ledger.accept(offset, envelope, Instant::now());
+            self.moved(&ledger);
+            let item = match accepted {
                 Accepted::New(item) => item,
                 Accepted::Duplicate => {
                     drop(ledger);
@@ -273,6 +306,7 @@ impl Fanout {
             socket.join(name);
             return false;
         };
+        self.reach(after).await;
         let mut fetched: Vec<Item> = Vec::new();
         let mut resume: Option<u64> = None;
         // Keeps the window from moving past what a fetch reads while it reads.

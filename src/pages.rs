@@ -11,7 +11,9 @@ use rust_embed::Embed;
 struct Public;
 
 /// Answers a GET or HEAD for an embedded page, with a strong ETag of its content: browsers
-/// revalidate (`no-cache`) and get a 304 while the binary is the same.
+/// revalidate (`no-cache`) and get a 304 while the binary is the same. A versioned client
+/// bundle (`vendor/notify-client-<version>.js`) never changes under its name, so it is cached
+/// for a year without revalidation.
 pub async fn serve(method: Method, uri: Uri, headers: HeaderMap) -> Response {
     if method != Method::GET && method != Method::HEAD {
         return StatusCode::METHOD_NOT_ALLOWED.into_response();
@@ -36,9 +38,17 @@ pub async fn serve(method: Method, uri: Uri, headers: HeaderMap) -> Response {
     );
     // Built from hex digits and quotes: always a valid header value.
     let etag = HeaderValue::from_str(&etag).expect("hex ETag");
+    let cache_control = if is_versioned_bundle(&path) {
+        "public, max-age=31536000, immutable"
+    } else {
+        "no-cache"
+    };
     let cache = [
         (header::ETAG, etag.clone()),
-        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        (
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(cache_control),
+        ),
     ];
     if headers.get(header::IF_NONE_MATCH) == Some(&etag) {
         return (StatusCode::NOT_MODIFIED, cache).into_response();
@@ -51,6 +61,18 @@ pub async fn serve(method: Method, uri: Uri, headers: HeaderMap) -> Response {
         axum::body::Body::from(file.data)
     };
     (cache, [(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// `vendor/notify-client-1.2.3.js`: a bundle whose name carries its version.
+fn is_versioned_bundle(path: &str) -> bool {
+    path.strip_prefix("vendor/notify-client-")
+        .and_then(|rest| rest.strip_suffix(".js"))
+        .is_some_and(|version| {
+            version.starts_with(|c: char| c.is_ascii_digit())
+                && version
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        })
 }
 
 #[cfg(test)]

@@ -2,12 +2,16 @@
 // the daemon consumes RabbitMQ, by HTTP polling otherwise (or while the socket is away).
 import { io, type Socket } from 'socket.io-client';
 import type {
-  ClientError, DaemonConfig, Mode, Notification, NotifyClient, NotifyOptions, State,
+  ClientError, DaemonConfig, DashboardStats, Mode, NotificationEnvelope, NotifyClient, NotifyNotification,
+  NotifyOptions, Room, State,
 } from './types.js';
+import type { EvEventMap } from './events.js';
 
 export type {
-  ClientError, DaemonConfig, Mode, Notification, NotifyClient, NotifyOptions, ResetEvent, State,
+  ClientError, CmsRoom, CustomerRoom, DaemonConfig, DashboardStats, KnownCmsRoom, Mode, NotificationEnvelope,
+  NotifyClient, NotifyNotification, NotifyOptions, ResetEvent, Room, State, StatsCounter, StatsMinute,
 } from './types.js';
+export * from './events.js';
 
 /** Ids and messageIds remembered to drop copies (polling and replay overlap, producer retries). */
 const SEEN_MAX = 5000;
@@ -20,11 +24,23 @@ const JITTER = 0.2;
 /** setTimeout's largest delay. */
 const MAX_DELAY_MS = 2 ** 31 - 1;
 
-/** An error from the daemon's API, with its HTTP status and the contract's error code. */
+/** An error from the daemon's API, with its HTTP status (0: no answer) and an error code. */
 class ApiError extends Error {
   constructor(readonly status: number, readonly code: string, message: string) {
     super(message);
   }
+}
+
+/** `/api/config` as the daemon answers it, or undefined for anything else (an HTML page, `null`). */
+function asConfig(body: unknown): DaemonConfig | undefined {
+  const c = body as Partial<DaemonConfig> | null;
+  if (!c || typeof c !== 'object' || typeof c.ENABLE_RABBITMQ !== 'boolean') return undefined;
+  return c as DaemonConfig;
+}
+
+/** A valid room name (contract section 4). */
+export function isRoom(name: string): name is Room {
+  return /^(customer:[A-Za-z0-9_-]{1,64}|cms:[a-z0-9_-]{1,32})$/.test(name);
 }
 
 /** A set that forgets its oldest entries beyond `max`. */
@@ -63,7 +79,10 @@ const clampDelay = (ms: number) => Math.min(Math.max(0, ms), MAX_DELAY_MS);
  * room (again on each reconnect, with each room's cursor, so the daemon replays what was missed).
  * Otherwise, or while the socket cannot connect, it polls `GET {baseUrl}/api/notifications`.
  */
-export function connectNotifications<Data = unknown>(options: NotifyOptions<Data> = {}): NotifyClient {
+export function connectNotifications<Events extends object = EvEventMap>(
+  options: NotifyOptions<Events> = {},
+): NotifyClient {
+  type N = NotifyNotification<Events>;
   const {
     token: staticToken = '',
     getToken,
@@ -73,7 +92,9 @@ export function connectNotifications<Data = unknown>(options: NotifyOptions<Data
     refresh: refreshing = true,
     hiddenSlowdown = 4,
     transports,
+    dedupe = 'notification',
     onNotification = () => {},
+    onStats,
     onReset = () => {},
     onMode = () => {},
     onState = () => {},
@@ -85,7 +106,7 @@ export function connectNotifications<Data = unknown>(options: NotifyOptions<Data
   const doc = (globalThis as { document?: Document }).document;
   const win = globalThis as unknown as Partial<Pick<Window, 'addEventListener' | 'removeEventListener'>>;
 
-  const rooms: string[] = [...new Set(options.rooms ?? [])];
+  const rooms: Room[] = [...new Set(options.rooms ?? [])];
   const cursors = new Map<string, string>();
   if (typeof options.since === 'string') rooms.forEach((r) => cursors.set(r, options.since as string));
   else if (options.since) Object.entries(options.since).forEach(([r, c]) => c && cursors.set(r, String(c)));
@@ -117,6 +138,7 @@ export function connectNotifications<Data = unknown>(options: NotifyOptions<Data
     if (!closed) onError({ code, message, ...extra });
   };
   const activeRooms = () => rooms.filter((r) => !refused.has(r));
+  const hasRoom = (room: string | null): room is Room => room != null && (rooms as string[]).includes(room);
   const later = (fn: () => void, ms: number) => {
     const t = setTimeout(() => { timers.delete(t); if (!closed) fn(); }, clampDelay(ms));
     timers.add(t);
@@ -133,17 +155,20 @@ export function connectNotifications<Data = unknown>(options: NotifyOptions<Data
     return String((await getToken()) ?? '');
   }
 
-  function deliver(n: Notification<Data>) {
+  function deliver(n: NotificationEnvelope) {
     if (closed || !n || n.id == null) return;
-    if (n.room && rooms.includes(n.room)) cursors.set(n.room, n.id);
+    if (hasRoom(n.room)) cursors.set(n.room, n.id);
     // The copies of one notification in several rooms share its id; a producer's retry shares
-    // its messageId. The app sees each once.
-    const byId = seenIds.has(n.id);
-    const byMessageId = n.messageId != null && seenMessageIds.has(n.messageId);
-    seenIds.add(n.id);
-    if (n.messageId != null) seenMessageIds.add(n.messageId);
+    // its messageId. The app sees each once (once per room with `dedupe: 'room'`).
+    const scope = dedupe === 'room' ? `${n.room ?? ''}\n` : '';
+    const id = scope + n.id;
+    const messageId = n.messageId != null ? scope + n.messageId : null;
+    const byId = seenIds.has(id);
+    const byMessageId = messageId != null && seenMessageIds.has(messageId);
+    seenIds.add(id);
+    if (messageId != null) seenMessageIds.add(messageId);
     if (byId || byMessageId) return;
-    onNotification(n);
+    onNotification(n as unknown as N);
   }
 
   async function request(path: string, token: string): Promise<unknown> {
@@ -152,12 +177,26 @@ export function connectNotifications<Data = unknown>(options: NotifyOptions<Data
     aborter.signal.addEventListener('abort', abort);
     const timer = setTimeout(abort, REQUEST_TIMEOUT_MS);
     try {
-      const res = await fetch(new URL(prefix + path, base.origin), {
-        headers: token ? { Authorization: `Bearer ${token}` } : {},
-        cache: 'no-store',
-        signal: ctl.signal,
-      });
-      const body = (await res.json().catch(() => null)) as { error?: string; message?: string } | null;
+      const url = new URL(prefix + path, base.origin);
+      let res: Response;
+      try {
+        res = await fetch(url, {
+          headers: token ? { Authorization: `Bearer ${token}` } : {},
+          cache: 'no-store',
+          signal: ctl.signal,
+        });
+      } catch (err) {
+        if (closed) throw err;
+        throw new ApiError(0, 'unreachable', `${url.origin} did not answer (${(err as Error).message})`);
+      }
+      const text = await res.text();
+      let body: { error?: string; message?: string } | null;
+      try {
+        body = JSON.parse(text);
+      } catch {
+        // An HTML fallback page (a dev server's, nginx's), a proxy's error page: not the daemon.
+        throw new ApiError(res.status, 'not_json', `${url.pathname} answered ${res.status} ${res.headers.get('content-type') || 'without a content type'}, not JSON`);
+      }
       if (!res.ok) {
         throw new ApiError(res.status, body?.error || `http_${res.status}`, body?.message || `HTTP ${res.status}`);
       }
@@ -178,7 +217,7 @@ export function connectNotifications<Data = unknown>(options: NotifyOptions<Data
     }
   }
 
-  interface Page { notifications?: Notification<Data>[]; cursor?: string; reset?: boolean }
+  interface Page { notifications?: NotificationEnvelope[]; cursor?: string; reset?: boolean }
 
   // Rooms sharing a cursor go in one request; after it they all share the answer's cursor.
   async function pollOnce(which: string[] = activeRooms()) {
@@ -195,10 +234,10 @@ export function connectNotifications<Data = unknown>(options: NotifyOptions<Data
         q.set('limit', String(PAGE_LIMIT));
         const body = (await getJson(`/api/notifications?${q}`)) as Page | null;
         // Rooms left while the request was out are not delivered to.
-        const still = group.filter((r) => rooms.includes(r));
+        const still = group.filter((r) => hasRoom(r));
         if (body?.reset) still.forEach((room) => onReset({ room }));
         const items = Array.isArray(body?.notifications) ? body.notifications : [];
-        items.filter((n) => !n.room || still.includes(n.room)).forEach(deliver);
+        items.filter((n) => !n.room || (still as string[]).includes(n.room)).forEach(deliver);
         if (body?.cursor) cursor = body.cursor;
         if (cursor) still.forEach((r) => cursors.set(r, cursor));
         if (items.length < PAGE_LIMIT) break;
@@ -224,6 +263,7 @@ export function connectNotifications<Data = unknown>(options: NotifyOptions<Data
         if (e.status === 400 || e.status === 401 || e.status === 403) {
           // Asking again would get the same answer (401: after a fresh token too).
           stopPolling();
+          setMode('off');
           setState('error');
           report(e.code ?? 'poll_failed', `polling stopped: ${e.message}`);
           return;
@@ -249,7 +289,7 @@ export function connectNotifications<Data = unknown>(options: NotifyOptions<Data
     connectTimer = later(() => { if (!socket?.connected) startPolling(); }, connectTimeoutMs);
   }
 
-  async function joinOnSocket(room: string): Promise<boolean> {
+  async function joinOnSocket(room: Room): Promise<boolean> {
     const s = socket;
     if (!s?.connected) return false;
     const cursor = cursors.get(room);
@@ -340,9 +380,10 @@ export function connectNotifications<Data = unknown>(options: NotifyOptions<Data
     });
     socket = s;
     s.on('connect', onConnect);
-    s.on('notification', (n: Notification<Data>) => {
-      if (!n?.room || rooms.includes(n.room)) deliver(n);
+    s.on('notification', (n: NotificationEnvelope) => {
+      if (!n?.room || hasRoom(n.room)) deliver(n);
     });
+    if (onStats) s.on('stats', (stats: DashboardStats) => { if (!closed && stats && typeof stats === 'object') onStats(stats); });
     s.on('token-expired', () => { tokenExpired = true; });
     s.on('connect_error', (err: Error) => {
       if (closed) return;
@@ -353,11 +394,13 @@ export function connectNotifications<Data = unknown>(options: NotifyOptions<Data
           s.connect(); // the auth callback asks getToken again
           return;
         }
-        report(err.message || 'connect_error', `socket refused: ${err.message}`);
         if (err.message === 'unauthorized') {
+          setMode('off');
           setState('error');
+          report('unauthorized', 'the daemon refused the token (invalid, expired, or not allowed here)');
           return;
         }
+        report(err.message || 'connect_error', `socket refused: ${err.message}`);
         later(() => { if (!s.connected && !s.active) s.connect(); }, jittered(pollMs));
       }
       startPolling();
@@ -371,6 +414,7 @@ export function connectNotifications<Data = unknown>(options: NotifyOptions<Data
         if (tokenExpired) {
           // The token ended: connect again at once with a new one (the auth callback asks).
           if (!getToken) {
+            setMode('off');
             setState('error');
             report('token_expired', 'the token expired; connect again with a new one');
             return;
@@ -406,14 +450,25 @@ export function connectNotifications<Data = unknown>(options: NotifyOptions<Data
     if (closed) return;
     onMode(mode);
     onState(state);
+    // Every failure waits (1 s, 2 s, 4 s … 30 s, with jitter) before asking again, so a wrong
+    // baseUrl or a dead daemon costs a request now and then, never a storm.
     let config: DaemonConfig | undefined;
     for (let delay = 1000; !closed && !config; delay = Math.min(delay * 2, 30000)) {
       try {
-        config = (await request('/api/config', '')) as DaemonConfig;
+        config = asConfig(await request('/api/config', ''));
+        if (!config) throw new ApiError(200, 'not_json', 'answered JSON that is not the daemon\'s configuration');
       } catch (err) {
         if (closed) return;
+        const e = err as ApiError;
         setState('disconnected');
-        report((err as ApiError).code || 'config_failed', `cannot read /api/config: ${(err as Error).message}`);
+        const where = `${base.origin}${prefix}/api/config`;
+        if (e.code === 'not_json' || e.status === 404) {
+          report('config_invalid', `config_invalid: ${where} did not answer the daemon's JSON (${e.message}); is baseUrl the daemon?`);
+        } else if (e.code === 'unreachable') {
+          report('config_unreachable', `config_unreachable: ${e.message}; is the daemon running, and does CORS_ORIGINS allow this page?`);
+        } else {
+          report(e.code || 'config_failed', `cannot read ${where}: ${e.message}`);
+        }
         await sleep(jittered(delay));
       }
     }
@@ -428,7 +483,7 @@ export function connectNotifications<Data = unknown>(options: NotifyOptions<Data
     get state() { return state; },
     get rooms() { return [...rooms]; },
     get cursors() { return Object.fromEntries(cursors); },
-    async join(room: string, { since }: { since?: string } = {}) {
+    async join(room: Room, { since }: { since?: string } = {}) {
       if (closed) return false;
       if (!rooms.includes(room)) rooms.push(room);
       refused.delete(room);
@@ -455,7 +510,7 @@ export function connectNotifications<Data = unknown>(options: NotifyOptions<Data
         return false;
       }
     },
-    async leave(room: string) {
+    async leave(room: Room) {
       const at = rooms.indexOf(room);
       if (at >= 0) rooms.splice(at, 1);
       cursors.delete(room);
@@ -479,6 +534,7 @@ export function connectNotifications<Data = unknown>(options: NotifyOptions<Data
         socket.io.removeAllListeners();
         socket.disconnect();
       }
+      if (mode !== 'off') { mode = 'off'; onMode(mode); }
       state = 'closed';
       onState(state);
       closed = true;

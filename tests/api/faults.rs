@@ -325,6 +325,11 @@ impl Daemon {
             .local_addr()
             .unwrap()
             .port();
+        Self::start_on(port, vars)
+    }
+
+    /// On `port`: a restarted daemon where its clients left the last one.
+    pub(crate) fn start_on(port: u16, vars: &[(&str, &str)]) -> Daemon {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_notify-bridge"));
         command
             .env_clear()

@@ -4,6 +4,7 @@ mod support;
 
 mod adversarial;
 mod bridge;
+mod brokers;
 mod browser;
 mod cluster;
 mod dead_letters;
@@ -16,7 +17,9 @@ mod pages;
 mod payload_schema;
 mod polling;
 mod publishing;
+mod python_compat;
 mod sockets;
 mod startup;
+mod stats;
 mod stream;
 mod tokens;

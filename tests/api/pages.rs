@@ -1,6 +1,7 @@
 //! The binary carries its pages: copied alone into an empty directory (no `public/`, no
 //! `.env`), it serves `/dashboard.html` and every module that page imports, the client bundle
-//! included, as JavaScript.
+//! included, as JavaScript; the versioned client bundle is cached as immutable, the rest is
+//! revalidated.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -100,6 +101,26 @@ async fn a_copied_binary_alone_serves_the_dashboard_and_the_bundle_it_imports() 
         fetched.iter().any(|p| p == "vendor/notify-client.js"),
         "the page imports the client bundle: {fetched:?}"
     );
+
+    // `vendor/notify-client-<version>.js` never changes under its name; everything else may.
+    let version =
+        serde_json::from_str::<serde_json::Value>(include_str!("../../client/package.json"))
+            .expect("client/package.json is JSON")["version"]
+            .as_str()
+            .expect("a version")
+            .to_owned();
+    for (path, cache) in [
+        (
+            format!("vendor/notify-client-{version}.js"),
+            "public, max-age=31536000, immutable",
+        ),
+        ("vendor/notify-client.js".to_owned(), "no-cache"),
+        ("dashboard.html".to_owned(), "no-cache"),
+    ] {
+        let response = client.get(format!("{base}/{path}")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(response.headers()["cache-control"], cache, "{path}");
+    }
 
     let missing = client
         .get(format!("{base}/nope.html"))

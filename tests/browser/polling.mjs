@@ -36,6 +36,12 @@ await runTest('polling', async ({ open }) => {
   await dashboard.evaluate(() => {
     window.sessionCount = () => Number(document.getElementById('count-session-total').textContent.replace(/\D/g, ''));
   });
+  // The statistics panel shows the daemon's figures (GET /api/stats, the `stats` event); a
+  // daemon without /api/stats gets a dashboard without it.
+  const statsStatus = (await fetch(`${args.base}/api/stats`, {
+    headers: cmsToken ? { Authorization: `Bearer ${cmsToken}` } : {}, signal: AbortSignal.timeout(10000),
+  })).status;
+  const hasStats = statsStatus !== 404;
 
   // data-state="polling" is set after the first successful poll, so the page has its cursor by then.
   for (const page of [customer, dashboard]) {
@@ -45,7 +51,9 @@ await runTest('polling', async ({ open }) => {
     if (mode.trim() !== 'Polling') throw new TestFailure(`${page.testName}: #mode reads "${mode}", expected "Polling"`);
   }
 
-  const sessionsBefore = await dashboard.evaluate(() => sessionCount());
+  if (hasStats) await expectSelector(dashboard, '#stats:not([hidden])', 'the statistics panel');
+  else if (!(await dashboard.isHidden('#stats'))) throw new TestFailure('dashboard: a statistics panel without /api/stats');
+  const sessionsBefore = hasStats ? await dashboard.evaluate(() => sessionCount()) : 0;
   const messageId = uniqueId('poll');
   const recipient = Number(args.customer) || args.customer;
   const body = {
@@ -70,7 +78,11 @@ await runTest('polling', async ({ open }) => {
     await expectSelector(page, item, `notification ${messageId} after a poll`, pollMs * 2 + 10000);
     if ((await page.textContent('#mode')).trim() !== 'Polling') throw new TestFailure(`${page.testName}: left polling mode`);
   }
-  await expectInPage(dashboard, (before) => sessionCount() > before, sessionsBefore, `session counter above ${sessionsBefore}`, 5000);
+  if (hasStats) await expectInPage(dashboard, (before) => sessionCount() > before, sessionsBefore, `session counter above ${sessionsBefore}`, 5000);
+  // The customer sees the session as a card above the log.
+  await expectSelector(customer, '#session:not([hidden])', 'the session card');
+  const station = await customer.textContent('#session-station');
+  if (station !== body.data.stationId) throw new TestFailure(`customer: the session card shows station "${station}", expected ${body.data.stationId}`);
 
   await screenshot(customer, 'polling-customer.png');
   await screenshot(dashboard, 'polling-dashboard.png');

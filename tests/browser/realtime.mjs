@@ -35,11 +35,19 @@ await runTest('realtime', async ({ open }) => {
   await dashboard.evaluate(() => {
     window.sessionCount = () => Number(document.getElementById('count-session-total').textContent.replace(/\D/g, ''));
   });
+  // The statistics panel shows the daemon's figures (GET /api/stats, the `stats` event); a
+  // daemon without /api/stats gets a dashboard without it.
+  const statsStatus = (await fetch(`${args.base}/api/stats`, {
+    headers: cmsToken ? { Authorization: `Bearer ${cmsToken}` } : {}, signal: AbortSignal.timeout(10000),
+  })).status;
+  const hasStats = statsStatus !== 404;
 
   // The client reports "realtime" only once its rooms are joined, so publishing after this is safe.
   for (const page of [customer, dashboard]) await expectSelector(page, '#mode[data-mode="realtime"]', 'real-time mode');
 
-  const sessionsBefore = await dashboard.evaluate(() => sessionCount());
+  if (hasStats) await expectSelector(dashboard, '#stats:not([hidden])', 'the statistics panel');
+  else if (!(await dashboard.isHidden('#stats'))) throw new TestFailure('dashboard: a statistics panel without /api/stats');
+  const sessionsBefore = hasStats ? await dashboard.evaluate(() => sessionCount()) : 0;
   const messageId = uniqueId('rt');
   const data = { sessionId: `s-${messageId}`, customerId: Number(args.customer) || args.customer, kwh: 0, stationId: 'ST-042' };
   await publish(args.amqp, args.exchange, 'notification.session', {
@@ -55,7 +63,11 @@ await runTest('realtime', async ({ open }) => {
     const mode = await page.textContent('#mode');
     if (mode.trim() !== 'Real time') throw new TestFailure(`${page.testName}: #mode reads "${mode}", expected "Real time"`);
   }
-  await expectInPage(dashboard, (before) => sessionCount() > before, sessionsBefore, `session counter above ${sessionsBefore}`, 5000);
+  if (hasStats) await expectInPage(dashboard, (before) => sessionCount() > before, sessionsBefore, `session counter above ${sessionsBefore}`, 5000);
+  // The customer sees the session as a card above the log.
+  await expectSelector(customer, '#session:not([hidden])', 'the session card');
+  const station = await customer.textContent('#session-station');
+  if (station !== data.stationId) throw new TestFailure(`customer: the session card shows station "${station}", expected ${data.stationId}`);
 
   await screenshot(customer, 'realtime-customer.png');
   await screenshot(dashboard, 'realtime-dashboard.png');

@@ -27,6 +27,8 @@ type Acks = Arc<Mutex<HashMap<u64, oneshot::Sender<(Value, usize)>>>>;
 pub struct SioClient {
     out: mpsc::UnboundedSender<Message>,
     notifications: mpsc::UnboundedReceiver<Value>,
+    /// Every other server event, as `(name, argument)`.
+    events: mpsc::UnboundedReceiver<(String, Value)>,
     acks: Acks,
     next_ack: AtomicU64,
 }
@@ -68,6 +70,7 @@ impl SioClient {
         let (mut sink, mut stream) = ws.split();
         let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
         let (notify_tx, notifications) = mpsc::unbounded_channel();
+        let (events_tx, events) = mpsc::unbounded_channel();
         let acks: Acks = Arc::default();
         tokio::spawn(async move {
             while let Some(message) = out_rx.recv().await {
@@ -91,6 +94,8 @@ impl SioClient {
                     if event[0] == "notification" {
                         received += 1;
                         let _ = notify_tx.send(event[1].clone());
+                    } else if let Some(name) = event[0].as_str() {
+                        let _ = events_tx.send((name.to_owned(), event[1].clone()));
                     }
                 } else if let Some(ack) = text.strip_prefix("43") {
                     let split = ack.find('[').expect("ack payload");
@@ -107,6 +112,7 @@ impl SioClient {
         Ok(SioClient {
             out,
             notifications,
+            events,
             acks,
             next_ack: AtomicU64::new(1),
         })
@@ -144,6 +150,21 @@ impl SioClient {
 
     pub async fn leave(&self, room: &str) -> Value {
         self.emit_with_ack("leave-room", json!(room)).await
+    }
+
+    /// The argument of the next server event named `name` (others are passed over), waiting at
+    /// most [`WAIT`].
+    pub async fn next_event(&mut self, name: &str) -> Value {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let (event, arg) = self.events.recv().await.expect("socket still open");
+                if event == name {
+                    return arg;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("a {name} event within the wait"))
     }
 
     /// The next notification, waiting at most [`WAIT`].

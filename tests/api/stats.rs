@@ -1,0 +1,153 @@
+//! Statistics for dashboards (contract section 7): `GET /api/stats` and the `stats` event.
+
+use serde_json::{Value, json};
+
+use crate::support::{Settings, TestApp, Topology, WAIT, message_id};
+
+/// `/api/stats` with a CMS token.
+async fn stats(app: &TestApp) -> Value {
+    let response = app.get("/api/stats", Some(&app.cms_token())).await;
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+/// Waits (bounded) until `/api/stats` counts `all` notifications; returns the figures.
+async fn stats_with(app: &TestApp, all: u64) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let figures = stats(app).await;
+        if figures["total"]["all"] == all {
+            return figures;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stats never reached all = {all}: {figures}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn each_accepted_notification_counts_once_and_dead_letters_and_duplicates_do_not() {
+    let app = TestApp::spawn(Settings::rabbit()).await;
+    let mut dashboard = app.joined(&app.cms_token(), &["cms:dashboard"]).await;
+    let first = dashboard.next_event("stats").await;
+    assert_eq!(
+        first["total"]["all"], 0,
+        "a fresh queue starts at 0: {first}"
+    );
+    assert_eq!(first["timezone"], "UTC");
+    assert_eq!(first["perMinute"].as_array().unwrap().len(), 60);
+
+    for n in 0..5 {
+        // Three rooms each (two customers and the category's defaults): counted once.
+        app.publish_json(
+            "notification.session",
+            json!({ "type": "charging.started", "recipients": [n, n + 100] }),
+        )
+        .await;
+    }
+    let repeated = message_id();
+    for _ in 0..2 {
+        app.publish_json(
+            "notification.station",
+            json!({ "type": "station.offline", "messageId": repeated }),
+        )
+        .await;
+    }
+    app.publish("notification.station", b"not json").await;
+    app.publish_json(
+        "notification.station",
+        json!({ "type": "station.online", "messageId": message_id() }),
+    )
+    .await;
+    // The last one on the dashboard means everything before it was read.
+    dashboard.until_type("station.online").await;
+
+    let figures = stats_with(&app, 7).await;
+    assert_eq!(figures["total"], json!({ "all": 7, "today": 7 }));
+    assert_eq!(
+        figures["categories"]["session"],
+        json!({ "all": 5, "today": 5 })
+    );
+    assert_eq!(figures["categories"]["station"]["all"], 2);
+    assert_eq!(figures["types"]["charging.started"]["all"], 5);
+    assert_eq!(figures["types"]["station.offline"]["all"], 1);
+    let minutes = figures["perMinute"].as_array().unwrap();
+    let counted: u64 = minutes.iter().map(|m| m["total"].as_u64().unwrap()).sum();
+    assert_eq!(counted, 7, "the minute series holds them: {minutes:?}");
+
+    // The dashboard socket is told as the figures change.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let pushed = dashboard.next_event("stats").await;
+        if pushed["total"]["all"] == 7 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no push of 7: {pushed}"
+        );
+    }
+
+    // Customers read no statistics; a token is required.
+    let customer = app.customer_token("5");
+    assert_eq!(app.get("/api/stats", Some(&customer)).await.status(), 403);
+    assert_eq!(app.get("/api/stats", None).await.status(), 401);
+}
+
+#[tokio::test]
+async fn two_instances_agree_and_a_restarted_instance_keeps_all() {
+    let topology = Topology::fresh();
+    let settings = || Settings {
+        exchange: Some(topology.exchange.clone()),
+        queue: Some(topology.queue.clone()),
+        ..Settings::rabbit()
+    };
+    let a = TestApp::spawn(settings()).await;
+    let b = TestApp::spawn(settings()).await;
+    for n in 0..12 {
+        let category = ["session", "charger", "customer"][n % 3];
+        a.publish_json(
+            &format!("notification.{category}"),
+            json!({ "type": format!("{category}.event"), "recipients": [n] }),
+        )
+        .await;
+    }
+    let on_a = stats_with(&a, 12).await;
+    let on_b = stats_with(&b, 12).await;
+    for field in ["total", "categories", "types", "since", "today"] {
+        assert_eq!(on_a[field], on_b[field], "{field}: {on_a} vs {on_b}");
+    }
+
+    a.stop_keeping_topology().await;
+    let again = TestApp::spawn(settings()).await;
+    let restarted = stats_with(&again, 12).await;
+    assert_eq!(restarted["categories"], on_b["categories"]);
+    assert_eq!(restarted["since"], on_b["since"]);
+    drop(b);
+    drop(again);
+}
+
+#[tokio::test]
+async fn without_rabbitmq_the_figures_count_since_this_instance_started() {
+    let app = TestApp::spawn(Settings::local()).await;
+    let before = stats(&app).await;
+    assert_eq!(before["total"]["all"], 0);
+    for _ in 0..3 {
+        let response = app
+            .post(
+                "/api/notifications",
+                Some(&app.service_token()),
+                json!({ "type": "charging.stopped", "category": "session", "recipients": [1] })
+                    .to_string(),
+            )
+            .await;
+        assert_eq!(response.status(), 202);
+    }
+    let after = stats_with(&app, 3).await;
+    assert_eq!(after["categories"]["session"]["today"], 3);
+    // Counted since this instance started, and `since` says when that was.
+    assert_eq!(after["since"], before["since"]);
+    assert!(before["since"].as_str().unwrap() <= before["generatedAt"].as_str().unwrap());
+}
