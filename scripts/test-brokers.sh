@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 # The tests that talk to RabbitMQ (cargo's filters match module paths); NB_BROKER_TESTS
 # (space-separated filters) runs fewer.
-read -r -a BROKER_TESTS <<<"${NB_BROKER_TESTS:-bridge:: stream:: dead_letters:: publishing:: faults:: polling::}"
+read -r -a BROKER_TESTS <<<"${NB_BROKER_TESTS:-bridge:: brokers:: stream:: stats:: dead_letters:: publishing:: faults:: polling::}"
 R4_DEFAULTS_PORT=5701
 R4_QUORUM_PORT=5702
 started=()
