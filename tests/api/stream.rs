@@ -360,9 +360,9 @@ async fn kill_9_of_the_active_instance_mid_stream_loses_nothing_and_shows_nothin
     let _ = first.child.wait().await;
     producer.await.unwrap();
     while seen.len() < TOTAL as usize {
-        let n = tokio::time::timeout(WAIT * 3, watcher.next())
-            .await
-            .expect("the survivor takes over");
+        // The survivor takes over (bounded by WAIT * 3, not next()'s WAIT: a loaded machine
+        // can take longer than WAIT to fail over).
+        let n = watcher.next_within(WAIT * 3).await;
         seen.push(n["data"]["n"].as_u64().unwrap());
     }
     let mut sorted = seen.clone();
