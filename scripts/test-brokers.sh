@@ -70,6 +70,15 @@ p2=$!
 wait $p1 && started+=(r4defaults)
 wait $p2 && started+=(r4quorum)
 [ ${#started[@]} -eq 2 ] || exit 1
+# The runs below only mean something if the nodes really have those defaults.
+permitted=$(bash scripts/rabbitmq4.sh ctl r4defaults -q eval \
+  '{rabbit_deprecated_features:is_permitted(transient_nonexcl_queues), rabbit_deprecated_features:is_permitted(global_qos)}.' 2>/dev/null)
+[ "$permitted" = "{false,false}" ] \
+  || { echo "test-brokers: r4defaults still permits transient_nonexcl_queues/global_qos: $permitted" >&2; exit 1; }
+default_type=$(bash scripts/rabbitmq4.sh ctl r4quorum -q list_vhosts --no-table-headers name default_queue_type |
+  awk -F'\t' '$1 == "/" { print $2 }')
+[ "$default_type" = quorum ] \
+  || { echo "test-brokers: r4quorum's default vhost has default queue type '$default_type'" >&2; exit 1; }
 
 run "RabbitMQ 4.0 with 4.3's defaults" \
   NB_TEST_AMQP_URL="amqp://guest:guest@127.0.0.1:$R4_DEFAULTS_PORT/%2f" \
