@@ -182,7 +182,9 @@ stop() {
   # Our private epmd goes with the nodes (epmd -kill refuses while names are registered).
   local epmd
   epmd=$(PATH="${ERL_BIN:+$ERL_BIN:}$PATH" command -v epmd || true)
-  [ -n "$epmd" ] && ERL_EPMD_PORT=$EPMD_PORT "$epmd" -port "$EPMD_PORT" -kill >/dev/null 2>&1 || true
+  if [ -n "$epmd" ]; then
+    ERL_EPMD_PORT=$EPMD_PORT "$epmd" -port "$EPMD_PORT" -kill >/dev/null 2>&1 || true
+  fi
   rm -rf "$RUN"
 }
 

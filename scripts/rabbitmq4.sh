@@ -163,8 +163,9 @@ start() {
   local name=$1 port=$2
   shift 2
   check_name "$name"
-  [[ "$port" =~ ^[0-9]+$ ]] && [ "$port" -ge 1024 ] && [ "$port" -le 45000 ] \
-    || die "port '$port': 1024-45000 (management and distribution use +10000 and +20000)"
+  if ! [[ "$port" =~ ^[0-9]+$ ]] || [ "$port" -lt 1024 ] || [ "$port" -gt 45000 ]; then
+    die "port '$port': 1024-45000 (management and distribution use +10000 and +20000)"
+  fi
   install_root
   local dir="$RUN/$name"
   if [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; then

@@ -12,7 +12,7 @@
 # however it ends. Every run goes on even when an earlier one failed; the summary names each
 # and the exit status is non-zero if any failed.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 # The tests that talk to RabbitMQ (cargo's filters match module paths); NB_BROKER_TESTS
 # (space-separated filters) runs fewer.
