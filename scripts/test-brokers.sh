@@ -17,8 +17,10 @@ cd "$(dirname "$0")/.." || exit 1
 # The tests that talk to RabbitMQ (cargo's filters match module paths); NB_BROKER_TESTS
 # (space-separated filters) runs fewer.
 read -r -a BROKER_TESTS <<<"${NB_BROKER_TESTS:-bridge:: brokers:: stream:: stats:: dead_letters:: publishing:: faults:: polling::}"
-R4_DEFAULTS_PORT=5701
-R4_QUORUM_PORT=5702
+# The 4.0 nodes' AMQP ports (management +10000, distribution +20000); the cluster's are
+# scripts/cluster.sh's (NB_CLUSTER_PORT).
+R4_DEFAULTS_PORT=${NB_RABBITMQ4_PORT:-5701}
+R4_QUORUM_PORT=$((R4_DEFAULTS_PORT + 1))
 started=()
 results=()
 failed=0
