@@ -389,6 +389,12 @@ impl Broker {
             "x-max-age".into(),
             AMQPValue::LongString(self.config.stream_max_age.as_str().into()),
         );
+        if let Some(bytes) = self.config.stream_max_segment_bytes {
+            arguments.insert(
+                "x-stream-max-segment-size-bytes".into(),
+                AMQPValue::LongLongInt(bytes as i64),
+            );
+        }
         let durable_queue = QueueDeclareOptions {
             durable: true,
             ..Default::default()
@@ -821,13 +827,12 @@ pub async fn connect(
             Ok(connection) => return Ok((connection, index % nodes)),
             // A CA file that cannot be read fails every node alike.
             Err(error @ ConnectError::CaFile(_)) => return Err(error),
+            // With one node the caller names it already; with several, say which said what.
+            Err(error) if nodes == 1 => return Err(error),
             Err(error) => failures.push(format!("{}: {error}", url.redacted())),
         }
     }
-    Err(match failures.len() {
-        1 => ConnectError::Node(failures.remove(0)),
-        _ => ConnectError::EveryNode(failures.join("; ")),
-    })
+    Err(ConnectError::EveryNode(failures.join("; ")))
 }
 
 async fn connect_one(
@@ -861,9 +866,6 @@ async fn connect_one(
 pub enum ConnectError {
     #[error("could not connect within {0:?}")]
     Timeout(Duration),
-    /// The one node, named (password masked), and why.
-    #[error("{0}")]
-    Node(String),
     #[error("no node answered: {0}")]
     EveryNode(String),
     #[error("reading RABBITMQ_CA_FILE: {0}")]

@@ -6,13 +6,12 @@
 //! A verified token keeps its `exp` ([`Verified`]): a live socket's authority ends there
 //! (see [`crate::expiry`]).
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use crate::config::{AuthMode, TokenClaims};
-use crate::expiry::TokenExp;
 use crate::rooms::Room;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,7 +168,7 @@ impl Authenticator {
         // dropped (the token ends at the start of that second, never later).
         let exp = claims.exp.map(|exp| exp.max(0.0).floor() as u64);
         // jsonwebtoken still accepts a token during its `exp` second; its authority ends at the
-        // start of that second, as on a live socket ([`crate::expiry::TokenExp`]).
+        // start of that second, as on a live socket ([`TokenExp`]).
         if exp.is_some_and(|exp| TokenExp(exp).has_passed(SystemTime::now())) {
             return Err(AuthError::Invalid("token expired".into()));
         }
@@ -211,6 +210,20 @@ pub fn bearer_token(header: Option<&str>) -> Option<&str> {
     let value = header?.trim();
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// When a socket's token ends (Unix seconds), kept in the socket's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenExp(pub u64);
+
+impl TokenExp {
+    /// Has the token ended at `now`? It ends at the start of its `exp` second.
+    pub fn has_passed(self, now: SystemTime) -> bool {
+        // Checked: an `exp` too far ahead to be a time on this system has not passed.
+        UNIX_EPOCH
+            .checked_add(Duration::from_secs(self.0))
+            .is_some_and(|end| end <= now)
+    }
 }
 
 #[cfg(test)]

@@ -28,6 +28,10 @@ impl ConfigError {
 
 /// The contract's defaults (section 1) and the daemon's own, in one place.
 pub mod defaults {
+    pub const ENABLE_RABBITMQ: bool = false;
+    pub const AUTH_DISABLED: bool = false;
+    pub const DEMO: bool = false;
+    pub const LOG_FORMAT: &str = "pretty";
     pub const RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
     pub const RABBITMQ_EXCHANGE: &str = "notifications";
     pub const RABBITMQ_QUEUE: &str = "notifications";
@@ -87,6 +91,7 @@ struct RawEnv {
     rabbitmq_prefetch: Option<String>,
     rabbitmq_ca_file: Option<String>,
     rabbitmq_queue_expires_ms: Option<String>,
+    rabbitmq_stream_max_segment_bytes: Option<String>,
     rabbitmq_reconnect_max_ms: Option<String>,
     host: Option<String>,
     port: Option<String>,
@@ -342,6 +347,8 @@ pub struct RabbitConfig {
     pub ca_file: Option<PathBuf>,
     /// `x-expires` for the queue, so per-instance queues of instances that are gone get deleted.
     pub queue_expires_ms: Option<u32>,
+    /// `x-stream-max-segment-size-bytes` of the stream, when set.
+    pub stream_max_segment_bytes: Option<u64>,
     /// Cap of the exponential reconnect backoff.
     pub reconnect_max: Duration,
 }
@@ -489,7 +496,11 @@ impl Config {
         let port = parse_num::<u16>("PORT", raw.port.clone(), defaults::PORT, 0, u16::MAX)?;
         let auth = auth_mode(&raw, &host)?;
         Ok(Config {
-            enable_rabbitmq: parse_bool("ENABLE_RABBITMQ", raw.enable_rabbitmq.clone(), false)?,
+            enable_rabbitmq: parse_bool(
+                "ENABLE_RABBITMQ",
+                raw.enable_rabbitmq.clone(),
+                defaults::ENABLE_RABBITMQ,
+            )?,
             rabbitmq: rabbit_config(&raw)?,
             host,
             port,
@@ -530,7 +541,7 @@ impl Config {
                 .clone()
                 .filter(|dir| !dir.is_empty() && dir != defaults::PUBLIC_DIR)
                 .map(PathBuf::from),
-            demo: parse_bool("DEMO", raw.demo.clone(), false)?,
+            demo: parse_bool("DEMO", raw.demo.clone(), defaults::DEMO)?,
             log_filter: parse_log_filter(raw.rust_log.clone())?,
             token_claims: parse_token_claims(raw.jwt_issuer.clone(), raw.jwt_audience.clone())?,
             stats_zone: StatsZone::parse(
@@ -539,7 +550,8 @@ impl Config {
                     .unwrap_or(defaults::STATS_TIMEZONE),
             )?,
             log_format: match raw.log_format.as_deref() {
-                None | Some("pretty") => LogFormat::Pretty,
+                None => LogFormat::Pretty,
+                Some(format) if format == defaults::LOG_FORMAT => LogFormat::Pretty,
                 Some("json") => LogFormat::Json,
                 Some(other) => {
                     return Err(ConfigError::new(
@@ -562,7 +574,11 @@ impl Config {
 }
 
 fn auth_mode(raw: &RawEnv, host: &str) -> Result<AuthMode, ConfigError> {
-    let auth_disabled = parse_bool("AUTH_DISABLED", raw.auth_disabled.clone(), false)?;
+    let auth_disabled = parse_bool(
+        "AUTH_DISABLED",
+        raw.auth_disabled.clone(),
+        defaults::AUTH_DISABLED,
+    )?;
     let secret = raw.jwt_secret.clone().filter(|s| !s.is_empty());
     match (secret, auth_disabled) {
         (_, true) => Ok(AuthMode::Disabled("AUTH_DISABLED=true")),
@@ -660,6 +676,12 @@ fn rabbit_config(raw: &RawEnv) -> Result<RabbitConfig, ConfigError> {
             raw.rabbitmq_queue_expires_ms.clone(),
             1,
             u32::MAX,
+        )?,
+        stream_max_segment_bytes: parse_opt_num(
+            "RABBITMQ_STREAM_MAX_SEGMENT_BYTES",
+            raw.rabbitmq_stream_max_segment_bytes.clone(),
+            1,
+            3_000_000_000,
         )?,
         reconnect_max: Duration::from_millis(parse_num(
             "RABBITMQ_RECONNECT_MAX_MS",

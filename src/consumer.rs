@@ -355,9 +355,9 @@ async fn handle(
 
 /// How often the active instance appends a statistics checkpoint: often enough that a reader
 /// starting `RABBITMQ_REBUILD_MAX_AGE` back finds one (four per that age, at most one a
-/// minute and at least one every five seconds).
+/// second and at least one a minute).
 fn checkpoint_interval(broker: &Broker) -> Duration {
-    (broker.config.rebuild_max_age / 4).clamp(Duration::from_secs(5), Duration::from_secs(60))
+    (broker.config.rebuild_max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
 /// Declares the queues, retrying with backoff until it works or the consumer stops. A queue

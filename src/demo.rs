@@ -9,8 +9,8 @@ use rand::seq::IndexedRandom;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::AppState;
 use crate::envelope::{self, CategoryFrom, Source};
+use crate::state::AppState;
 
 const CUSTOMERS: [u32; 5] = [101, 102, 103, 104, 105];
 const STATIONS: [&str; 4] = [
@@ -52,7 +52,8 @@ pub async fn run(app: Arc<AppState>, stop: CancellationToken) {
             // The demo only builds bodies the parser accepts.
             match envelope::parse(body.as_bytes(), source, &app.parse_limits()) {
                 Ok(envelope) => {
-                    if let Err(error) = crate::submit(&app, envelope, body.as_bytes()).await {
+                    if let Err(error) = crate::state::submit(&app, envelope, body.as_bytes()).await
+                    {
                         tracing::debug!(%error, "demo event not published");
                     }
                 }

@@ -21,8 +21,8 @@ use socketioxide::socket::Sid;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::AppState;
-use crate::auth::Principal;
+use crate::auth::{Principal, TokenExp};
+use crate::state::AppState;
 
 /// The event a socket receives when its token ends (no argument).
 pub const TOKEN_EXPIRED: &str = "token-expired";
@@ -30,17 +30,6 @@ pub const TOKEN_EXPIRED: &str = "token-expired";
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// When nothing is scheduled, the task wakes only for changes and sweeps.
 const IDLE: Duration = Duration::from_secs(3600);
-
-/// When a socket's token ends (Unix seconds), kept in the socket's extensions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TokenExp(pub u64);
-
-impl TokenExp {
-    /// Has the token ended at `now`? It ends at the start of its `exp` second.
-    pub fn has_passed(self, now: SystemTime) -> bool {
-        UNIX_EPOCH + Duration::from_secs(self.0) <= now
-    }
-}
 
 /// Has this socket's token ended? A socket without an `exp` (auth off) never expires.
 pub fn has_expired(socket: &SocketRef) -> bool {
@@ -190,17 +179,35 @@ impl Expiry {
     }
 }
 
-/// The runtime instant at which Unix time reaches `exp` (now, if it has).
+/// Farther than any token lives: an `exp` beyond it is scheduled here (and never reached).
+const FAR: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// The runtime instant at which Unix time reaches `exp` (now, if it has). Checked: a token's
+/// `exp` may be any number (2^64 - 1 too), which must not overflow a clock.
 fn instant_of(exp: u64) -> tokio::time::Instant {
-    let left = (UNIX_EPOCH + Duration::from_secs(exp))
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO);
-    tokio::time::Instant::now() + left
+    let left = match UNIX_EPOCH.checked_add(Duration::from_secs(exp)) {
+        Some(end) => end
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+        None => FAR,
+    }
+    .min(FAR);
+    let now = tokio::time::Instant::now();
+    now.checked_add(left)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exp_beyond_any_clock_is_scheduled_without_overflow_and_never_passes() {
+        let far = instant_of(u64::MAX);
+        assert!(far > tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
+        assert!(!TokenExp(u64::MAX).has_passed(SystemTime::now()));
+        assert!(TokenExp(0).has_passed(SystemTime::now()));
+    }
 
     #[test]
     fn a_token_ends_at_the_start_of_its_exp_second() {

@@ -24,12 +24,12 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::services::ServeDir;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::AppState;
 use crate::auth::{Principal, bearer_token};
 use crate::config::CorsOrigins;
 use crate::envelope::{self, CategoryFrom, Rejection, Source};
 use crate::metrics::HttpLabels;
 use crate::rooms::Room;
+use crate::state::AppState;
 
 /// API requests that take longer than this are answered 408: nothing here should take long,
 /// except ingest, whose broker confirm is bounded at 5 s.
@@ -532,7 +532,7 @@ async fn ingest(
         timestamp: None,
     };
     let envelope = envelope::parse(&body, source, &app.parse_limits())?;
-    crate::submit(&app, envelope, &body)
+    crate::state::submit(&app, envelope, &body)
         .await
         .map_err(|error| {
             // The broker's address and the client library's words stay in the log.

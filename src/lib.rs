@@ -31,6 +31,7 @@ pub(crate) mod consumer;
 pub(crate) mod dedupe;
 pub(crate) mod demo;
 pub mod envelope;
+pub mod environment;
 pub(crate) mod expiry;
 pub(crate) mod fanout;
 pub(crate) mod history;
@@ -42,18 +43,21 @@ pub(crate) mod readiness;
 pub(crate) mod record;
 pub mod rooms;
 pub(crate) mod socket;
+pub(crate) mod state;
 pub mod stats;
 pub(crate) mod stream;
 pub(crate) mod streamless;
 pub(crate) mod supervisor;
 pub mod telemetry;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::amqp::Broker;
 use crate::auth::Authenticator;
@@ -62,34 +66,8 @@ use crate::fanout::Fanout;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
+use crate::state::AppState;
 use crate::supervisor::supervise;
-
-/// Everything request handlers and tasks share.
-pub(crate) struct AppState {
-    pub config: Config,
-    pub auth: Authenticator,
-    pub fanout: Arc<Fanout>,
-    pub metrics: Arc<Metrics>,
-    pub readiness: Readiness,
-    /// Present when `ENABLE_RABBITMQ=true`: ingest publishes through it.
-    pub broker: Option<Arc<Broker>>,
-    /// When each socket's token ends (contract v2 section 5).
-    pub expiry: Arc<expiry::Expiry>,
-    /// Socket.IO connection caps (`MAX_CONNECTIONS`, per `sub`, pending handshakes).
-    pub connections: Arc<socket::Connections>,
-    /// The dashboards' statistics (contract section 7).
-    pub stats: Arc<stats::Stats>,
-}
-
-impl AppState {
-    /// What limits a producer's body.
-    pub fn parse_limits(&self) -> envelope::Limits {
-        envelope::Limits {
-            max_bytes: self.config.limits.max_message_bytes,
-            max_rooms: self.config.limits.max_recipients,
-        }
-    }
-}
 
 /// On shutdown, how long sockets get to receive what was already emitted before they close.
 const SOCKET_FLUSH_GRACE: Duration = Duration::from_millis(500);
@@ -196,52 +174,40 @@ pub async fn run(
             http::router(app.clone()).layer(axum::middleware::from_fn(telemetry::http_request)),
         );
 
+    // Every task the daemon starts is tracked, so that shutdown waits for all of them.
     let tasks = CancellationToken::new();
+    let tracker = TaskTracker::new();
     let consumer = broker.map(|broker| {
         let stop = tasks.clone();
-        tokio::spawn(supervise(
-            "broker",
-            readiness.clone(),
-            tasks.clone(),
-            move || broker.clone().run(stop.clone()),
-        ))
+        spawn_supervised(&tracker, "broker", &readiness, &tasks, move || {
+            broker.clone().run(stop.clone())
+        })
     });
     {
         let (fanout, stop) = (fanout.clone(), tasks.clone());
-        tokio::spawn(supervise(
-            "housekeeping",
-            readiness.clone(),
-            tasks.clone(),
-            move || housekeeping(fanout.clone(), stop.clone()),
-        ));
+        spawn_supervised(&tracker, "housekeeping", &readiness, &tasks, move || {
+            housekeeping(fanout.clone(), stop.clone())
+        });
     }
     {
         let (expiry, io, stop) = (app.expiry.clone(), io.clone(), tasks.clone());
-        tokio::spawn(supervise(
-            "token expiry",
-            readiness.clone(),
-            tasks.clone(),
-            move || expiry.clone().run(io.clone(), stop.clone()),
-        ));
+        spawn_supervised(&tracker, "token expiry", &readiness, &tasks, move || {
+            expiry.clone().run(io.clone(), stop.clone())
+        });
     }
     {
         let (stats, io, stop) = (stats.clone(), io.clone(), tasks.clone());
-        tokio::spawn(supervise(
-            "statistics",
-            readiness.clone(),
-            tasks.clone(),
-            move || stats::push(stats.clone(), io.clone(), stop.clone()),
-        ));
+        spawn_supervised(&tracker, "statistics", &readiness, &tasks, move || {
+            stats::push(stats.clone(), io.clone(), stop.clone())
+        });
     }
     if app.config.demo {
         let (app, stop) = (app.clone(), tasks.clone());
-        tokio::spawn(supervise(
-            "demo",
-            readiness.clone(),
-            tasks.clone(),
-            move || demo::run(app.clone(), stop.clone()),
-        ));
+        spawn_supervised(&tracker, "demo", &readiness, &tasks, move || {
+            demo::run(app.clone(), stop.clone())
+        });
     }
+    tracker.close();
 
     let server_stop = CancellationToken::new();
     let server = http::serve(listener, service, server_stop.clone());
@@ -282,6 +248,8 @@ pub async fn run(
         io.close().await;
         server_stop.cancel();
         let _ = (&mut server).await;
+        // The other tasks saw the cancellation too: wait until each has ended.
+        tracker.wait().await;
     };
     if tokio::time::timeout(app.config.shutdown_timeout, drain)
         .await
@@ -292,6 +260,21 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts `task` under [`supervise`], tracked by `tracker` so that shutdown waits for it.
+fn spawn_supervised<F, Fut>(
+    tracker: &TaskTracker,
+    name: &'static str,
+    readiness: &Readiness,
+    stop: &CancellationToken,
+    task: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tracker.spawn(supervise(name, readiness.clone(), stop.clone(), task))
 }
 
 /// Pending connections the kernel queues for `accept`: bursts of reconnecting clients (after a
@@ -329,40 +312,6 @@ async fn housekeeping(fanout: Arc<Fanout>, stop: CancellationToken) {
             _ = tick.tick() => fanout.evict_idle(),
         }
     }
-}
-
-/// Why a notification could not be submitted.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum SubmitError {
-    #[error(transparent)]
-    Publish(#[from] amqp::PublishError),
-}
-
-/// Submits a producer's notification: with RabbitMQ, published to the exchange (so that it
-/// reaches the stream and every instance); without, accepted and emitted here.
-pub(crate) async fn submit(
-    app: &AppState,
-    envelope: envelope::Envelope,
-    body: &[u8],
-) -> Result<(), SubmitError> {
-    match &app.broker {
-        Some(broker) => {
-            let routing_key = format!("notification.{}", envelope.category);
-            let mut properties = lapin::BasicProperties::default();
-            if let Some(id) = &envelope.message_id {
-                properties = properties.with_message_id(id.as_ref().into());
-            }
-            broker.publish(&routing_key, body, properties).await?;
-        }
-        None => {
-            let envelope = Arc::new(envelope);
-            if let fanout::Outcome::Delivered { .. } = app.fanout.publish(None, envelope.clone()) {
-                app.stats.count(app.fanout.head(), &envelope, None);
-            }
-            app.fanout.observe_lag(&envelope);
-        }
-    }
-    Ok(())
 }
 
 fn warn_about_risky_settings(config: &Config) {

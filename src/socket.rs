@@ -26,12 +26,12 @@ use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::DisconnectReason;
 
-use crate::AppState;
 use crate::auth::{Principal, Verified};
 use crate::config::{Config, Limits};
 use crate::expiry;
 use crate::metrics::DisconnectLabels;
 use crate::rooms::Room;
+use crate::state::AppState;
 
 /// Largest Socket.IO packet, websocket frame or websocket message a client may send: clients
 /// only send `join-room` / `leave-room`. A larger frame is refused from its header, before its

@@ -319,11 +319,15 @@ pub(crate) fn emit_record(
     let appended_us = crate::record::integer(properties, APPENDED_AT_HEADER);
     let live = broker.readiness.is_caught_up();
     let outcome = span.in_scope(|| broker.fanout.publish(Some(position), envelope.clone()));
+    let copies = match outcome {
+        Outcome::Delivered { copies } => Some(copies),
+        Outcome::Duplicate | Outcome::AlreadyRead => None,
+    };
     telemetry::record_delivery(
         &span,
         envelope.message_id.as_deref(),
         &envelope.rooms,
-        outcome,
+        copies,
     );
     if matches!(outcome, Outcome::Delivered { .. }) {
         broker.stats.count(position, &envelope, appended_us);

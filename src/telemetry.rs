@@ -134,6 +134,11 @@ fn exporter_configured() -> bool {
     .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
 }
 
+/// `OTEL_SERVICE_NAME` when unset.
+pub const DEFAULT_SERVICE_NAME: &str = "notify-bridge";
+/// `OTEL_EXPORTER_OTLP_PROTOCOL` when unset ([`opentelemetry_otlp::Protocol::HttpBinary`]).
+pub const DEFAULT_OTLP_PROTOCOL: &str = "http/protobuf";
+
 fn tracer_provider() -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
     use opentelemetry_otlp::WithExportConfig as _;
     // Protocol, endpoint, headers and timeout come from the OTEL_* variables.
@@ -146,7 +151,7 @@ fn tracer_provider() -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBu
     let exporter = exporter.build()?;
     let mut resource = opentelemetry_sdk::Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
-        resource = resource.with_service_name("notify-bridge");
+        resource = resource.with_service_name(DEFAULT_SERVICE_NAME);
     }
     let resource = resource
         .with_attribute(opentelemetry::KeyValue::new(
@@ -229,12 +234,13 @@ pub fn delivery_span(traceparent: Option<&str>, routing_key: &str) -> tracing::S
     span
 }
 
-/// Records the rooms, messageId and copies of a delivered (or deduplicated) notification.
+/// Records the rooms, messageId and copies of a delivered notification (`copies`: `None` for
+/// one dropped as a duplicate).
 pub fn record_delivery(
     span: &tracing::Span,
     message_id: Option<&str>,
     rooms: &[crate::rooms::Room],
-    outcome: crate::fanout::Outcome,
+    copies: Option<usize>,
 ) {
     // Without an exporter the span is disabled: build nothing for it.
     if span.is_disabled() {
@@ -249,11 +255,11 @@ pub fn record_delivery(
     }
     span.record("notify_bridge.rooms", listed.join(","));
     span.record("notify_bridge.room_count", rooms.len());
-    match outcome {
-        crate::fanout::Outcome::Delivered { copies } => {
+    match copies {
+        Some(copies) => {
             span.record("notify_bridge.copies", copies);
         }
-        crate::fanout::Outcome::Duplicate | crate::fanout::Outcome::AlreadyRead => {
+        None => {
             span.record("notify_bridge.copies", 0);
             span.record("notify_bridge.duplicate", true);
         }

@@ -78,7 +78,7 @@ async fn the_queue_is_declared_with_its_dead_letter_exchange() {
         AMQPValue::LongString(format!("{}.dlx", app.queue).into()),
     );
     args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
-    // RABBITMQ_QUEUE_TYPE's default (contract v3 section 1).
+    // Contract v3: a quorum queue unless RABBITMQ_QUEUE_TYPE says classic.
     args.insert(
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),

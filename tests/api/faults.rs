@@ -196,7 +196,9 @@ async fn a_redelivered_twin_of_an_acked_notification_is_not_dropped() {
     // redelivered. A fingerprint of "recently seen bodies" would drop it as a duplicate; only a
     // redelivery of something appended and not yet acked may be dropped.
     let proxy = Proxy::to_broker().await;
-    let app = TestApp::spawn(through(&proxy)).await;
+    // A classic queue: the scenario needs the twin's first delivery (to our consumer) to be
+    // unflagged, and a quorum queue flags a message whose earlier consumer was lost.
+    let app = TestApp::spawn(through(&proxy).var("RABBITMQ_QUEUE_TYPE", "classic")).await;
     let mut cms = app.joined(&app.cms_token(), &["cms:stations"]).await;
     let offline = json!({ "type": "station.offline", "data": { "stationId": "ST-1" } });
     app.publish_json("notification.station", offline.clone())

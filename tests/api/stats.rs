@@ -1,8 +1,13 @@
 //! Statistics for dashboards (contract section 7): `GET /api/stats` and the `stats` event.
 
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
 
-use crate::support::{Settings, TestApp, Topology, WAIT, message_id, requires_stream};
+use crate::support::{
+    Settings, TestApp, Topology, WAIT, message_id, open_publisher, requires_stream,
+};
 
 /// `/api/stats` with a CMS token.
 async fn stats(app: &TestApp) -> Value {
@@ -151,4 +156,96 @@ async fn without_rabbitmq_the_figures_count_since_this_instance_started() {
     // Counted since this instance started, and `since` says when that was.
     assert_eq!(after["since"], before["since"]);
     assert!(before["since"].as_str().unwrap() <= before["generatedAt"].as_str().unwrap());
+}
+
+/// The offset of the first record the stream still holds.
+async fn first_offset(stream: &str) -> u64 {
+    let (connection, _) = open_publisher().await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_qos(10, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongString("first".into()),
+    );
+    let mut consumer = channel
+        .basic_consume(
+            stream.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            arguments,
+        )
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(WAIT, consumer.next())
+        .await
+        .expect("the stream holds a record")
+        .unwrap()
+        .unwrap();
+    let offset = match delivery.properties.headers().as_ref().unwrap().inner()["x-stream-offset"] {
+        AMQPValue::LongLongInt(offset) => offset as u64,
+        ref other => panic!("x-stream-offset {other:?}"),
+    };
+    let _ = connection.close(200, "read".into()).await;
+    offset
+}
+
+#[tokio::test]
+async fn all_counts_everything_since_the_first_start_after_the_stream_dropped_its_oldest() {
+    let topology = Topology::fresh();
+    let stream = format!("{}.log", topology.queue);
+    let settings = |rebuild: &str| {
+        Settings {
+            exchange: Some(topology.exchange.clone()),
+            queue: Some(topology.queue.clone()),
+            ..Settings::rabbit()
+        }
+        // Small segments and a short retention, so that the broker drops the oldest records
+        // while the test runs.
+        .var("RABBITMQ_STREAM_MAX_AGE", "2s")
+        .var("RABBITMQ_STREAM_MAX_SEGMENT_BYTES", "2000")
+        // Checkpoints every second; a new instance reads 4 s back.
+        .var("RABBITMQ_REBUILD_MAX_AGE", rebuild)
+    };
+    let first = TestApp::spawn(settings("4s")).await;
+    let mut published = 0u64;
+    let publish = |n: u64| {
+        let first = &first;
+        async move {
+            first
+                .publish_json(
+                    "notification.station",
+                    json!({ "type": "station.offline", "data": { "n": n, "pad": "x".repeat(200) } }),
+                )
+                .await;
+        }
+    };
+    for _ in 0..20 {
+        publish(published).await;
+        published += 1;
+    }
+    // Keep appending until retention has dropped the first segments.
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    while first_offset(&stream).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention never dropped a segment"
+        );
+        publish(published).await;
+        published += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let on_first = stats_with(&first, published).await;
+
+    // A new instance can read neither the dropped records nor anything older than 4 s: its
+    // `all` comes from the first instance's checkpoints.
+    let second = TestApp::spawn(settings("4s")).await;
+    let on_second = stats_with(&second, published).await;
+    assert_eq!(on_second["since"], on_first["since"]);
+    assert_eq!(on_second["categories"], on_first["categories"]);
+    drop(second);
+    drop(first);
 }

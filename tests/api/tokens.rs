@@ -127,12 +127,20 @@ async fn an_admin_token_kept_open_is_told_it_expired_then_cut_off_and_cannot_joi
     let joined = client.call("join-room", json!("cms:dashboard")).await;
     assert_eq!(joined["ok"], true, "{joined}");
 
-    // Nothing else arrives until the token ends; then `token-expired` (no argument), then the
-    // server's DISCONNECT.
-    assert_eq!(
-        client.packet().await,
-        Packet::Event("token-expired".into(), vec![])
+    // A dashboard gets the statistics after its join (contract v3 section 5), and again at a
+    // new minute; nothing else arrives until the token ends: then `token-expired` (no
+    // argument), then the server's DISCONNECT.
+    assert!(
+        matches!(client.packet().await, Packet::Event(name, _) if name == "stats"),
+        "the statistics follow the join of cms:dashboard"
     );
+    let next = loop {
+        match client.packet().await {
+            Packet::Event(name, _) if name == "stats" => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(next, Packet::Event("token-expired".into(), vec![]));
     assert!(
         unix_now() >= Duration::from_secs(exp),
         "token-expired came before exp"

@@ -63,7 +63,26 @@ await runTest('realtime', async ({ open }) => {
     const mode = await page.textContent('#mode');
     if (mode.trim() !== 'Real time') throw new TestFailure(`${page.testName}: #mode reads "${mode}", expected "Real time"`);
   }
-  if (hasStats) await expectInPage(dashboard, (before) => sessionCount() > before, sessionsBefore, `session counter above ${sessionsBefore}`, 5000);
+  if (hasStats) {
+    await expectInPage(dashboard, (before) => sessionCount() > before, sessionsBefore, `session counter above ${sessionsBefore}`, 5000);
+    // A reload shows the daemon's figures, not what the tab had counted itself.
+    const reloaded = await open(`${args.base}/dashboard.html`, 'dashboard-reloaded');
+    await connectPage(reloaded, cmsToken);
+    await expectSelector(reloaded, '#stats:not([hidden])', 'the statistics panel after a reload');
+    const figures = await getJson(`${args.base}/api/stats`, cmsToken);
+    const shown = (id) => reloaded.evaluate((el) => Number(document.getElementById(el).textContent.replace(/\D/g, '')), id);
+    await expectInPage(
+      reloaded,
+      (want) => Number(document.getElementById('count-all-total').textContent.replace(/\D/g, '')) === want,
+      figures.total.all,
+      `all = ${figures.total.all} after a reload, as /api/stats says`,
+      5000,
+    );
+    const session = await shown('count-session-total');
+    if (session !== (figures.categories.session?.all ?? 0)) {
+      throw new TestFailure(`dashboard after a reload: sessions ${session}, /api/stats says ${figures.categories.session?.all}`);
+    }
+  }
   // The customer sees the session as a card above the log.
   await expectSelector(customer, '#session:not([hidden])', 'the session card');
   const station = await customer.textContent('#session-station');
