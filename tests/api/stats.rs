@@ -195,6 +195,7 @@ async fn first_offset(stream: &str) -> u64 {
 
 #[tokio::test]
 async fn all_counts_everything_since_the_first_start_after_the_stream_dropped_its_oldest() {
+    requires_stream!("it reads the stream and its retention");
     let topology = Topology::fresh();
     let stream = format!("{}.log", topology.queue);
     let settings = |rebuild: &str| {
