@@ -285,7 +285,9 @@ def perms(user):
 def _bridge_perms():
     p = perms(BRIDGE_USER)
     # The exchange, the queue, its DLX and dead-letter queue, and the stream.
-    own = [EXCHANGE, QUEUE, f"{QUEUE}.dlx", f"{QUEUE}.dead", STREAM]
+    # The stream-less mode (contract v3 section 2): its fanout exchange, and each instance's
+    # exclusive server-named queue (amq.gen-...).
+    own = [EXCHANGE, QUEUE, f"{QUEUE}.dlx", f"{QUEUE}.dead", STREAM, f"{QUEUE}.fanout", "amq.gen-Xk3_9q"]
     foreign = [
         "amq.topic", "other", "notificationsX", "xnotifications", "notifications.",
         "notifications.x", f"{STREAM}.x", "notifications.1",
@@ -341,7 +343,8 @@ def _topology():
     main = qs.get(QUEUE)
     assert main, "queue notifications missing"
     assert main.get("durable") is True and not main.get("auto_delete"), "queue notifications must be durable"
-    want = {"x-dead-letter-exchange": f"{QUEUE}.dlx", "x-single-active-consumer": True}
+    # Contract v3: quorum, replicated on a cluster (RabbitMQ 4 has no mirrored classic queues).
+    want = {"x-dead-letter-exchange": f"{QUEUE}.dlx", "x-single-active-consumer": True, "x-queue-type": "quorum"}
     assert main.get("arguments") == want, f"queue notifications arguments {main.get('arguments')} != {want}"
     assert "x-expires" not in main.get("arguments", {}), "the shared queue must not expire"
     stream = qs.get(STREAM)
@@ -357,8 +360,8 @@ def _topology():
     assert not any(x.get("destination") == STREAM for x in d.get("bindings", [])), \
         f"{STREAM} takes appends through the default exchange only: bind nothing to it"
     dead = qs.get(f"{QUEUE}.dead")
-    assert dead and dead.get("durable") is True and not dead.get("arguments"), \
-        "queue notifications.dead must be durable without arguments"
+    assert dead and dead.get("durable") is True and dead.get("arguments") == {"x-queue-type": "quorum"}, \
+        "queue notifications.dead must be a durable quorum queue without other arguments"
     b = {(x["source"], x["destination"], x.get("destination_type"), x.get("routing_key")) for x in d.get("bindings", [])}
     assert (EXCHANGE, QUEUE, "queue", "notification.*") in b, "binding notifications -> notifications (notification.*) missing"
     assert any(s == f"{QUEUE}.dlx" and q == f"{QUEUE}.dead" and t == "queue" for s, q, t, _ in b), \

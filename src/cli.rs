@@ -113,7 +113,7 @@ pub async fn publish(config: &Config, request: PublishRequest<'_>) -> anyhow::Re
     let confirmed = amqp::publish_confirmed(
         &channel,
         &rabbit.exchange,
-        &request.routing_key,
+        request.routing_key,
         // Mandatory: a message no queue is bound for comes back instead of vanishing.
         BasicPublishOptions {
             mandatory: true,

@@ -26,67 +26,18 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Acker, Channel, Connection};
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp::{Broker, PUBLISH_CONFIRM_TIMEOUT, REASON_HEADER, SessionError, WarnOnce};
-use crate::dedupe::{Unsettled, Window, fingerprint};
+use crate::amqp::{PUBLISH_CONFIRM_TIMEOUT, REASON_HEADER, SessionError, WarnOnce};
+use crate::dedupe::{AppendState, fingerprint};
 use crate::envelope::{self, CategoryFrom, RECORD_HEADER, Rejection, Source};
 use crate::metrics::DeadLetterLabels;
-pub use crate::record::{APPENDED_AT_HEADER, ROUTING_KEY_HEADER, SOURCE_HEADER, unix_micros};
+use crate::pipeline::Pipeline;
+use crate::record::{APPENDED_AT_HEADER, ROUTING_KEY_HEADER, SOURCE_HEADER, unix_micros};
 use crate::record::{CHECKPOINT_HEADER, ID_HEADER, LogTarget, TRACEPARENT_HEADER};
 use crate::rooms::metric_category;
 
 /// How long a handled delivery's ack may wait for others to share its frame. It delays only
 /// the broker's ack, never the append or the emit.
 const ACK_DELAY: Duration = Duration::from_millis(5);
-
-/// The consumer's memory of what it appended, across sessions of one process.
-pub struct AppendState {
-    /// `messageId`s whose records were confirmed by the stream.
-    appended: Window<Arc<str>>,
-    /// Fingerprints of messages without `messageId` appended but not yet acked.
-    unsettled: Unsettled,
-    /// Appends of the current session waiting for their confirm, in order (`None`: a message
-    /// with `messageId`, which the reader's dedupe covers).
-    publishing: VecDeque<Option<u64>>,
-    /// Appends whose session ended before their confirm: they may or may not be in the stream.
-    in_doubt: Unsettled,
-    /// Stream-less mode: the last id this instance gave a record.
-    last_id: u64,
-}
-
-impl AppendState {
-    pub fn new(dedupe_window: usize, prefetch: u16) -> Self {
-        Self {
-            appended: Window::new(dedupe_window),
-            unsettled: Unsettled::new(usize::from(prefetch).max(64) * 4),
-            publishing: VecDeque::new(),
-            in_doubt: Unsettled::new(usize::from(prefetch).max(64) * 4),
-            last_id: 0,
-        }
-    }
-
-    /// Stream-less mode: the id of the next record, above every id this instance has given or
-    /// read (`head`), and at least the time in µs, so that an instance that took over with
-    /// empty memory still numbers after every id given before it (contract v3 section 3).
-    fn next_id(&mut self, head: u64) -> u64 {
-        let now = u64::try_from(unix_micros()).unwrap_or(0);
-        self.last_id = (self.last_id + 1).max(head + 1).max(now);
-        self.last_id
-    }
-
-    /// A new session: what the last one was still publishing is in doubt.
-    fn new_session(&mut self) {
-        for print in self.publishing.drain(..).flatten() {
-            self.in_doubt.handled(print);
-        }
-    }
-
-    /// The reader found the record of an in-doubt append: it is appended, not yet acked.
-    pub fn landed(&mut self, print: u64) {
-        if self.in_doubt.take_redelivery(print) {
-            self.unsettled.handled(print);
-        }
-    }
-}
 
 type Confirmed = Pin<Box<dyn Future<Output = Result<Handled, SessionError>> + Send>>;
 
@@ -117,13 +68,13 @@ pub(crate) enum Queues {
 }
 
 pub(crate) async fn consume(
-    broker: &Broker,
+    pipeline: &Pipeline,
     connection: &Connection,
     queues: Queues,
     stop: &CancellationToken,
     mut reader: ReaderState,
 ) -> Result<(), SessionError> {
-    broker
+    pipeline
         .append_state()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -131,7 +82,7 @@ pub(crate) async fn consume(
     if let Queues::Failed(first) = queues {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            declared = declare_until_done(broker, connection, stop, first) => declared?,
+            declared = declare_until_done(pipeline, connection, stop, first) => declared?,
         }
     }
     // Redeliveries of the last session's appends are judged against what the stream holds, so
@@ -147,7 +98,7 @@ pub(crate) async fn consume(
     let channel = connection.create_channel().await?;
     // Prefetch bounds what the broker pushes ahead of our acks: enough to keep the pipeline
     // busy, never unbounded memory.
-    let prefetch = broker.config.prefetch;
+    let prefetch = pipeline.config.prefetch;
     channel
         .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
@@ -157,15 +108,15 @@ pub(crate) async fn consume(
         .await?;
     let mut consumer = channel
         .basic_consume(
-            broker.config.queue.as_str().into(),
+            pipeline.config.queue.as_str().into(),
             ShortString::from(""),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await?;
 
-    let state = broker.append_state();
-    let mut checkpoints = tokio::time::interval(checkpoint_interval(broker));
+    let state = pipeline.append_state();
+    let mut checkpoints = tokio::time::interval(checkpoint_interval(pipeline));
     checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut in_flight: FuturesOrdered<Confirmed> = FuturesOrdered::new();
     let mut acks = PendingAcks::new(ack_batch(prefetch));
@@ -190,32 +141,32 @@ pub(crate) async fn consume(
             }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    if broker.metrics.stream_active_consumer.get() == 0 {
+                    if pipeline.metrics.stream_active_consumer.get() == 0 {
                         // Only the single active consumer receives: this instance is it.
-                        if broker.config.streamless {
+                        if pipeline.config.streamless {
                             // Ids continue after every id the previous active instance gave:
                             // read all it published first.
-                            sync_with_log(broker, connection, &mut reader.synced).await?;
+                            sync_with_log(pipeline, connection, &mut reader.synced).await?;
                         }
-                        broker.metrics.stream_active_consumer.set(1);
-                        tracing::info!(queue = %broker.config.queue, "this instance is the queue's active consumer");
+                        pipeline.metrics.stream_active_consumer.set(1);
+                        tracing::info!(queue = %pipeline.config.queue, "this instance is the queue's active consumer");
                     }
-                    if let Some(pending) = handle(broker, delivery, &appender, state).await? {
+                    if let Some(pending) = handle(pipeline, delivery, &appender, state).await? {
                         in_flight.push_back(pending);
                     }
                 }
                 Some(Err(error)) => return Err(error.into()),
-                None => return Err(SessionError::ConsumerCancelled(broker.config.queue.clone())),
+                None => return Err(SessionError::ConsumerCancelled(pipeline.config.queue.clone())),
             },
             // The active instance records the statistics in the stream, so that they outlive
             // its retention and every reader that starts later takes them over.
-            _ = checkpoints.tick(), if !broker.config.streamless
-                && broker.metrics.stream_active_consumer.get() == 1 =>
+            _ = checkpoints.tick(), if !pipeline.config.streamless
+                && pipeline.metrics.stream_active_consumer.get() == 1 =>
             {
-                if let Some(body) = broker.stats.checkpoint() {
+                if let Some(body) = pipeline.stats.checkpoint() {
                     let mut headers = FieldTable::default();
                     headers.insert(CHECKPOINT_HEADER.into(), AMQPValue::LongInt(1));
-                    crate::stream::append_control(broker, connection, headers, &body).await?;
+                    pipeline.append_control(connection, headers, &body).await?;
                 }
             }
             // Polled only when nothing else is ready: ack what was appended, once the oldest
@@ -230,7 +181,7 @@ pub(crate) async fn consume(
 /// Validates a delivery and appends it, or dead-letters or drops it. Returns the future of
 /// its confirm (a dropped duplicate's resolves at once), or `None` when it was settled here.
 async fn handle(
-    broker: &Broker,
+    pipeline: &Pipeline,
     delivery: AmqpDelivery,
     appender: &Channel,
     state: &std::sync::Mutex<AppendState>,
@@ -241,10 +192,10 @@ async fn handle(
         message_id: properties.message_id().as_ref().map(|id| id.as_str()),
         timestamp: *properties.timestamp(),
     };
-    let envelope = match envelope::parse(&delivery.data, source, &broker.limits) {
+    let envelope = match envelope::parse(&delivery.data, source, &pipeline.limits) {
         Ok(envelope) => envelope,
         Err(rejection) => {
-            dead_letter(broker, delivery, rejection).await?;
+            dead_letter(pipeline, delivery, rejection).await?;
             return Ok(None);
         }
     };
@@ -255,7 +206,7 @@ async fn handle(
     let duplicate = {
         let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
         match (&message_id, print) {
-            (Some(id), _) => state.appended.contains(id) || broker.fanout.seen_message_id(id),
+            (Some(id), _) => state.appended.contains(id) || pipeline.fanout.seen_message_id(id),
             // Only a redelivery of something appended and not yet acked is the same message.
             (None, Some(print)) => delivery.redelivered && state.unsettled.take_redelivery(print),
             (None, None) => false,
@@ -263,7 +214,7 @@ async fn handle(
     };
     let label = metric_category(&envelope.category);
     if duplicate {
-        broker
+        pipeline
             .metrics
             .deduplicated
             .get_or_create(&crate::metrics::CategoryLabels { category: label })
@@ -279,8 +230,8 @@ async fn handle(
 
     let mut headers = FieldTable::default();
     headers.insert(RECORD_HEADER.into(), AMQPValue::LongInt(1));
-    if broker.config.streamless {
-        let head = broker.fanout.head();
+    if pipeline.config.streamless {
+        let head = pipeline.fanout.head();
         let id = state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -307,7 +258,7 @@ async fn handle(
     }
     let record_properties = crate::record::properties(headers);
     let record = envelope.to_record();
-    let target = LogTarget::of(&broker.config);
+    let target = LogTarget::of(&pipeline.config);
     let appender = appender.clone();
     let mut publish = Box::pin(async move {
         appender
@@ -336,7 +287,7 @@ async fn handle(
         fingerprint: print,
         appended: true,
     };
-    let stream = broker.config.stream.clone();
+    let stream = pipeline.config.stream.clone();
     Ok(Some(Box::pin(async move {
         let confirm = match queued {
             std::task::Poll::Ready(confirm) => confirm?,
@@ -356,8 +307,8 @@ async fn handle(
 /// How often the active instance appends a statistics checkpoint: often enough that a reader
 /// starting `RABBITMQ_REBUILD_MAX_AGE` back finds one (four per that age, at most one a
 /// second and at least one a minute).
-fn checkpoint_interval(broker: &Broker) -> Duration {
-    (broker.config.rebuild_max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+fn checkpoint_interval(pipeline: &Pipeline) -> Duration {
+    (pipeline.config.rebuild_max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
 /// Declares the queues, retrying with backoff until it works or the consumer stops. A queue
@@ -365,7 +316,7 @@ fn checkpoint_interval(broker: &Broker) -> Duration {
 /// logged at WARN once. A declare that needs an operator ends the session (and `/readyz`
 /// says why).
 async fn declare_until_done(
-    broker: &Broker,
+    pipeline: &Pipeline,
     connection: &Connection,
     stop: &CancellationToken,
     first: String,
@@ -374,11 +325,11 @@ async fn declare_until_done(
     let mut failures = 0u32;
     let mut error = first;
     loop {
-        let delay = crate::amqp::backoff(failures, broker.config.reconnect_max);
+        let delay = crate::amqp::backoff(failures, pipeline.config.reconnect_max);
         failures = failures.saturating_add(1);
         if warned.is_new(&error) {
             tracing::warn!(
-                queue = %broker.config.queue,
+                queue = %pipeline.config.queue,
                 retry_in = ?delay,
                 "cannot declare the queues, so nothing is consumed until this is fixed (the log is still read): {error}"
             );
@@ -389,10 +340,14 @@ async fn declare_until_done(
             _ = stop.cancelled() => return Ok(()),
             _ = tokio::time::sleep(delay) => {}
         }
-        error = match crate::amqp::declaring("the queues", broker.declare_queues(connection)).await
+        error = match crate::amqp::declaring(
+            "the queues",
+            crate::topology::declare_queues(&pipeline.config, connection),
+        )
+        .await
         {
             Ok(()) => {
-                tracing::info!(queue = %broker.config.queue, "the queues are declared: consuming");
+                tracing::info!(queue = %pipeline.config.queue, "the queues are declared: consuming");
                 return Ok(());
             }
             Err(error @ SessionError::Mismatch { .. }) => return Err(error),
@@ -405,11 +360,11 @@ async fn declare_until_done(
 /// instance has read every record the previous active instance published (each was routed to
 /// this instance's queue before its message was acked) before it numbers its own.
 async fn sync_with_log(
-    broker: &Broker,
+    pipeline: &Pipeline,
     connection: &Connection,
     synced: &mut tokio::sync::watch::Receiver<Option<String>>,
 ) -> Result<(), SessionError> {
-    let marker = crate::stream::append_marker(broker, connection).await?;
+    let marker = pipeline.append_marker(connection).await?;
     let read = tokio::time::timeout(
         PUBLISH_CONFIRM_TIMEOUT,
         synced.wait_for(|last| last.as_deref() == Some(marker.as_str())),
@@ -417,7 +372,9 @@ async fn sync_with_log(
     .await;
     match read {
         Ok(Ok(_)) => Ok(()),
-        _ => Err(SessionError::AppendRefused(broker.config.fanout_exchange())),
+        _ => Err(SessionError::AppendRefused(
+            pipeline.config.fanout_exchange(),
+        )),
     }
 }
 
@@ -425,7 +382,7 @@ async fn sync_with_log(
 /// If the broker does not confirm that, the message is rejected without requeue, so the
 /// queue's own dead-lettering still moves it (without the reason header): never a requeue loop.
 async fn dead_letter(
-    broker: &Broker,
+    pipeline: &Pipeline,
     delivery: AmqpDelivery,
     rejection: Rejection,
 ) -> Result<(), SessionError> {
@@ -435,7 +392,7 @@ async fn dead_letter(
         .rsplit('.')
         .next()
         .unwrap_or("");
-    broker
+    pipeline
         .metrics
         .dead_lettered
         .get_or_create(&DeadLetterLabels {
@@ -448,7 +405,7 @@ async fn dead_letter(
         routing_key = %delivery.routing_key.as_str().escape_debug(),
         bytes = delivery.data.len(),
         message_id = ?delivery.properties.message_id().as_ref().map(|id| id.as_str()),
-        dead_letter_queue = %broker.config.dead_letter_queue(),
+        dead_letter_queue = %pipeline.config.dead_letter_queue(),
         "message dead-lettered: {}",
         rejection.describe()
     );
@@ -458,14 +415,14 @@ async fn dead_letter(
         AMQPValue::LongString(rejection.code().into()),
     );
     let properties = delivery.properties.clone().with_headers(headers);
-    let publisher = match broker.publisher().await {
+    let publisher = match pipeline.link.publisher().await {
         Ok(publisher) => publisher,
         Err(crate::amqp::PublishError::Amqp(error)) => return Err(error.into()),
         Err(_) => return Err(SessionError::ConnectionClosed),
     };
     let confirmed = crate::amqp::publish_confirmed(
         &publisher,
-        &broker.config.dead_letter_exchange(),
+        &pipeline.config.dead_letter_exchange(),
         delivery.routing_key.as_str(),
         BasicPublishOptions::default(),
         &delivery.data,

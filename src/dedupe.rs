@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 /// A bounded set that forgets its oldest keys first.
 pub struct Window<K> {
@@ -132,6 +133,56 @@ impl Unsettled {
     #[cfg(test)]
     fn is_empty(&self) -> bool {
         self.order.is_empty()
+    }
+}
+
+/// The consumer's memory of what it appended, across sessions of one process.
+pub struct AppendState {
+    /// `messageId`s whose records were confirmed by the stream.
+    pub(crate) appended: Window<Arc<str>>,
+    /// Fingerprints of messages without `messageId` appended but not yet acked.
+    pub(crate) unsettled: Unsettled,
+    /// Appends of the current session waiting for their confirm, in order (`None`: a message
+    /// with `messageId`, which the reader's dedupe covers).
+    pub(crate) publishing: VecDeque<Option<u64>>,
+    /// Appends whose session ended before their confirm: they may or may not be in the stream.
+    in_doubt: Unsettled,
+    /// Stream-less mode: the last id this instance gave a record.
+    last_id: u64,
+}
+
+impl AppendState {
+    pub fn new(dedupe_window: usize, prefetch: u16) -> Self {
+        Self {
+            appended: Window::new(dedupe_window),
+            unsettled: Unsettled::new(usize::from(prefetch).max(64) * 4),
+            publishing: VecDeque::new(),
+            in_doubt: Unsettled::new(usize::from(prefetch).max(64) * 4),
+            last_id: 0,
+        }
+    }
+
+    /// Stream-less mode: the id of the next record, above every id this instance has given or
+    /// read (`head`), and at least the time in µs, so that an instance that took over with
+    /// empty memory still numbers after every id given before it (contract v3 section 3).
+    pub fn next_id(&mut self, head: u64) -> u64 {
+        let now = u64::try_from(crate::record::unix_micros()).unwrap_or(0);
+        self.last_id = (self.last_id + 1).max(head + 1).max(now);
+        self.last_id
+    }
+
+    /// A new session: what the last one was still publishing is in doubt.
+    pub fn new_session(&mut self) {
+        for print in self.publishing.drain(..).flatten() {
+            self.in_doubt.handled(print);
+        }
+    }
+
+    /// The reader found the record of an in-doubt append: it is appended, not yet acked.
+    pub fn landed(&mut self, print: u64) {
+        if self.in_doubt.take_redelivery(print) {
+            self.unsettled.handled(print);
+        }
     }
 }
 

@@ -11,20 +11,23 @@
 //!   window, and the ledger that numbers notifications and answers "what follows cursor C".
 //! - `fanout`: emits the ledger's answers to this instance's sockets; joins and polls.
 //! - `stats`: the dashboards' counts (contract section 7), derived from what the log holds.
-//! - `amqp` (connection to one of several nodes, topology, supervisor, confirmed publishing),
-//!   `record` (the shared log's record format), `consumer` (the queue's active consumer:
-//!   validate, dead-letter, append to the log), `stream` (every instance reads the stream;
-//!   replays beyond the memory window), `streamless` (the log without streams: a fanout
-//!   exchange).
+//! - The AMQP side, as a pipeline: `amqp` (a plain client: connecting to one of several nodes,
+//!   the session's link, confirmed publishing), `topology` (what is declared), `record` (the
+//!   shared log's record format), `pipeline` (what the parts below share), `consumer` (the
+//!   queue's active consumer: validate, dead-letter, append to the log), `stream` (every
+//!   instance reads the stream; replays beyond the memory window), `streamless` (the log
+//!   without streams: a fanout exchange), and `bridge`, which runs them in sessions.
 //! - `socket`, `http`, `pages`: the Socket.IO and HTTP surfaces, the built-in pages; `expiry`:
 //!   tokens that end on live sockets.
-//! - `supervisor`, `readiness`, `metrics`, [`telemetry`], `demo`, [`cli`]: operations.
+//! - `state` (what handlers share, and ingest's `submit`), `supervisor`, `readiness`,
+//!   `metrics`, [`telemetry`], [`environment`], `demo`, [`cli`]: operations.
 //!
 //! [`run`] starts everything on a given listener and stops on a cancellation token, so tests
 //! start the real daemon on port 0.
 
 pub(crate) mod amqp;
 pub(crate) mod auth;
+pub(crate) mod bridge;
 pub mod cli;
 pub mod config;
 pub(crate) mod consumer;
@@ -39,6 +42,7 @@ pub(crate) mod http;
 pub(crate) mod ledger;
 pub(crate) mod metrics;
 pub(crate) mod pages;
+pub(crate) mod pipeline;
 pub(crate) mod readiness;
 pub(crate) mod record;
 pub mod rooms;
@@ -49,6 +53,7 @@ pub(crate) mod stream;
 pub(crate) mod streamless;
 pub(crate) mod supervisor;
 pub mod telemetry;
+pub(crate) mod topology;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -59,7 +64,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::amqp::Broker;
 use crate::auth::Authenticator;
 use crate::config::{AuthMode, Config};
 use crate::fanout::Fanout;
@@ -130,7 +134,7 @@ pub async fn run(
     ));
     let (readiness, broker) = if config.enable_rabbitmq {
         let readiness = Readiness::with_broker();
-        let broker = Arc::new(Broker::new(
+        let pipeline = Arc::new(pipeline::Pipeline::new(
             config.rabbitmq.clone(),
             limits,
             config.dedupe_window,
@@ -139,8 +143,8 @@ pub async fn run(
             readiness.clone(),
             stats.clone(),
         ));
-        fanout.set_deep_history(Arc::new(stream::Replayer::new(&broker)));
-        (readiness, Some(broker))
+        fanout.set_deep_history(Arc::new(stream::Replayer::new(&pipeline)));
+        (readiness, Some(pipeline))
     } else {
         (Readiness::without_broker(), None)
     };
@@ -152,7 +156,7 @@ pub async fn run(
         fanout: fanout.clone(),
         metrics,
         readiness: readiness.clone(),
-        broker: broker.clone(),
+        broker: broker.as_ref().map(|pipeline| pipeline.link.clone()),
         connections,
         expiry: Arc::new(expiry::Expiry::new()),
         stats: stats.clone(),
@@ -177,10 +181,11 @@ pub async fn run(
     // Every task the daemon starts is tracked, so that shutdown waits for all of them.
     let tasks = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let consumer = broker.map(|broker| {
+    let consumer = broker.map(|pipeline| {
+        let bridge = Arc::new(bridge::Bridge::new(pipeline));
         let stop = tasks.clone();
         spawn_supervised(&tracker, "broker", &readiness, &tasks, move || {
-            broker.clone().run(stop.clone())
+            bridge.clone().run(stop.clone())
         })
     });
     {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::amqp::{self, Broker};
+use crate::amqp::{self, Link};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::envelope;
@@ -20,7 +20,7 @@ pub(crate) struct AppState {
     pub metrics: Arc<Metrics>,
     pub readiness: Readiness,
     /// Present when `ENABLE_RABBITMQ=true`: ingest publishes through it.
-    pub broker: Option<Arc<Broker>>,
+    pub broker: Option<Arc<Link>>,
     /// When each socket's token ends (contract v2 section 5).
     pub expiry: Arc<expiry::Expiry>,
     /// Socket.IO connection caps (`MAX_CONNECTIONS`, per `sub`, pending handshakes).
@@ -60,7 +60,14 @@ pub(crate) async fn submit(
             if let Some(id) = &envelope.message_id {
                 properties = properties.with_message_id(id.as_ref().into());
             }
-            broker.publish(&routing_key, body, properties).await?;
+            broker
+                .publish(
+                    &app.config.rabbitmq.exchange,
+                    &routing_key,
+                    body,
+                    properties,
+                )
+                .await?;
         }
         None => {
             let envelope = Arc::new(envelope);

@@ -19,25 +19,21 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery as AmqpDelivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
-};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection};
-use rand::Rng;
 
-use crate::amqp::{Broker, SessionError};
-use crate::consumer::{APPENDED_AT_HEADER, ROUTING_KEY_HEADER, SOURCE_HEADER};
+use crate::amqp::SessionError;
 use crate::envelope::{Envelope, RECORD_HEADER};
 use crate::fanout::{DeepHistory, FetchError, FetchFuture, Outcome};
 use crate::history::Item;
 use crate::ledger::Ids;
+use crate::pipeline::Pipeline;
+use crate::record::{APPENDED_AT_HEADER, ROUTING_KEY_HEADER, SOURCE_HEADER};
 use crate::record::{Kind, LogTarget};
 use crate::rooms::Room;
 use crate::telemetry;
 
-pub use crate::record::MARKER_HEADER;
 /// Records the broker may push ahead of our acks (streams need acks as credit).
 const STREAM_PREFETCH: u16 = 1000;
 /// Acks of read records are sent per this many, or when the reader is idle.
@@ -113,15 +109,15 @@ pub(crate) struct ReaderSignals {
 
 /// Reads the stream until it reads the drain marker, or a failure; see the module doc.
 pub(crate) async fn follow(
-    broker: &Broker,
+    pipeline: &Pipeline,
     connection: &Connection,
     mut signals: ReaderSignals,
 ) -> Result<(), SessionError> {
-    let stream = broker.config.stream.as_str();
+    let stream = pipeline.config.stream.as_str();
     let channel = connection.create_channel().await?;
-    let head = broker.fanout.head();
+    let head = pipeline.fanout.head();
     let start = if head == 0 {
-        let back = broker.config.rebuild_max_age.as_secs();
+        let back = pipeline.config.rebuild_max_age.as_secs();
         let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
         Start::Timestamp(now.saturating_sub(back))
     } else {
@@ -129,7 +125,7 @@ pub(crate) async fn follow(
     };
     let mut consumer = consume_from(&channel, stream, start).await?;
     // Every session appends one: reading it back means everything appended before is read.
-    let marker = append_marker(broker, connection).await?;
+    let marker = pipeline.append_marker(connection).await?;
     tracing::debug!(%stream, resume_after = head, "reading the notification stream");
 
     let mut unacked = None;
@@ -146,7 +142,7 @@ pub(crate) async fn follow(
                 };
                 since_last = true;
                 let drain = signals.drain.borrow().clone();
-                match read_one(broker, &delivery, &marker, drain.as_deref(), &signals.synced) {
+                match read_one(pipeline, &delivery, &marker, drain.as_deref(), &signals.synced) {
                     Read::Record => {}
                     Read::OurMarker => {
                         let _ = signals.caught_up.send(true);
@@ -172,7 +168,7 @@ pub(crate) async fn follow(
                     ack_through(delivery).await?;
                 }
                 if !since_last {
-                    broker.metrics.stream_lag.set(0.0);
+                    pipeline.metrics.stream_lag.set(0.0);
                 }
                 since_last = false;
             }
@@ -199,18 +195,18 @@ pub(crate) enum Read {
 
 /// Hands one stream delivery to the fan-out.
 fn read_one(
-    broker: &Broker,
+    pipeline: &Pipeline,
     delivery: &AmqpDelivery,
     marker: &str,
     drain: Option<&str>,
     synced: &tokio::sync::watch::Sender<Option<String>>,
 ) -> Read {
-    let stream = broker.config.stream.as_str();
+    let stream = pipeline.config.stream.as_str();
     let Some(offset) = offset_of(delivery) else {
         tracing::warn!(%stream, "a stream delivery without x-stream-offset: skipped");
         return Read::Record;
     };
-    let fanout = &broker.fanout;
+    let fanout = &pipeline.fanout;
     let head = fanout.head();
     let expected = Ids::next_offset(head);
     if head > 0 && offset < expected {
@@ -227,7 +223,7 @@ fn read_one(
         Kind::Marker(id) => {
             fanout.skip(offset);
             let id = String::from_utf8_lossy(id).into_owned();
-            let read = marker_read(broker, &id, marker, drain, synced);
+            let read = marker_read(pipeline, &id, marker, drain, synced);
             if matches!(read, Read::OurMarker) {
                 tracing::info!(%stream, offset, "caught up with the notification stream");
             }
@@ -235,7 +231,7 @@ fn read_one(
         }
         Kind::Checkpoint => {
             fanout.skip(offset);
-            broker.stats.read_checkpoint(offset, &delivery.data);
+            pipeline.stats.read_checkpoint(offset, &delivery.data);
             Read::Record
         }
         Kind::Foreign => {
@@ -244,7 +240,7 @@ fn read_one(
             Read::Record
         }
         Kind::Notification => {
-            if !emit_record(broker, &delivery.properties, &delivery.data, offset) {
+            if !emit_record(pipeline, &delivery.properties, &delivery.data, offset) {
                 fanout.skip(offset);
             }
             Read::Record
@@ -254,7 +250,7 @@ fn read_one(
 
 /// What reading marker `id` means, for a reader whose own marker is `ours`.
 pub(crate) fn marker_read(
-    broker: &Broker,
+    pipeline: &Pipeline,
     id: &str,
     ours: &str,
     drain: Option<&str>,
@@ -267,27 +263,27 @@ pub(crate) fn marker_read(
     if id != ours {
         return Read::Record;
     }
-    if !broker.readiness.is_caught_up() {
-        broker.readiness.set_caught_up();
-        tracing::info!(log = %LogTarget::of(&broker.config).describe(), "caught up with the log: ready");
+    if !pipeline.readiness.is_caught_up() {
+        pipeline.readiness.set_caught_up();
+        tracing::info!(log = %LogTarget::of(&pipeline.config).describe(), "caught up with the log: ready");
     }
-    broker.stats.caught_up();
+    pipeline.stats.caught_up();
     Read::OurMarker
 }
 
 /// Judges a notification record at `position` (the offset whose id it gets) and hands it to the
 /// fan-out and the statistics; `false` when it was refused (the caller skips the position).
 pub(crate) fn emit_record(
-    broker: &Broker,
+    pipeline: &Pipeline,
     properties: &lapin::BasicProperties,
     body: &[u8],
     position: u64,
 ) -> bool {
-    let log = LogTarget::of(&broker.config).describe();
+    let log = LogTarget::of(&pipeline.config).describe();
     if let Some(AMQPValue::LongLongInt(source)) = crate::record::header(properties, SOURCE_HEADER) {
         // An append whose confirm never came (its session ended) did land: its redelivery
         // must not be appended again.
-        broker
+        pipeline
             .append_state()
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -302,11 +298,11 @@ pub(crate) fn emit_record(
     };
     let span = telemetry::delivery_span(traceparent.as_deref(), &routing_key);
     telemetry::record_stream_offset(&span, position);
-    let envelope = match Envelope::from_record_judged(body, &broker.limits) {
+    let envelope = match Envelope::from_record_judged(body, &pipeline.limits) {
         Ok(envelope) => Arc::new(envelope),
         Err(rejection) => {
             tracing::warn!(%log, position, reason = rejection.code(), bytes = body.len(), "a record that a producer could not have sent: skipped");
-            broker
+            pipeline
                 .metrics
                 .records_refused
                 .get_or_create(&crate::metrics::ReasonLabels {
@@ -317,8 +313,8 @@ pub(crate) fn emit_record(
         }
     };
     let appended_us = crate::record::integer(properties, APPENDED_AT_HEADER);
-    let live = broker.readiness.is_caught_up();
-    let outcome = span.in_scope(|| broker.fanout.publish(Some(position), envelope.clone()));
+    let live = pipeline.readiness.is_caught_up();
+    let outcome = span.in_scope(|| pipeline.fanout.publish(Some(position), envelope.clone()));
     let copies = match outcome {
         Outcome::Delivered { copies } => Some(copies),
         Outcome::Duplicate | Outcome::AlreadyRead => None,
@@ -330,75 +326,30 @@ pub(crate) fn emit_record(
         copies,
     );
     if matches!(outcome, Outcome::Delivered { .. }) {
-        broker.stats.count(position, &envelope, appended_us);
+        pipeline.stats.count(position, &envelope, appended_us);
         if live {
-            broker.fanout.observe_lag(&envelope);
+            pipeline.fanout.observe_lag(&envelope);
             if let Some(appended_us) = appended_us {
                 // Clocks of two instances may differ: a negative hop counts as none.
                 let hop = (crate::record::unix_micros() - appended_us).max(0) as f64 / 1e6;
-                broker.metrics.stream_lag.set(hop);
-                broker.metrics.stream_hop.observe(hop);
+                pipeline.metrics.stream_lag.set(hop);
+                pipeline.metrics.stream_hop.observe(hop);
             }
         }
     }
     true
 }
 
-/// Appends a marker with a fresh id to the log and waits for its confirm; returns the id.
-pub(crate) async fn append_marker(
-    broker: &Broker,
-    connection: &Connection,
-) -> Result<String, SessionError> {
-    let id = format!("{:032x}", rand::rng().random::<u128>());
-    let mut headers = FieldTable::default();
-    headers.insert(
-        MARKER_HEADER.into(),
-        AMQPValue::LongString(id.as_str().into()),
-    );
-    let body = format!(r#"{{"marker":"{id}"}}"#);
-    append_control(broker, connection, headers, body.as_bytes()).await?;
-    Ok(id)
-}
-
-/// Appends a control record (a marker, a checkpoint) on a channel of its own, confirmed.
-pub(crate) async fn append_control(
-    broker: &Broker,
-    connection: &Connection,
-    headers: FieldTable,
-    body: &[u8],
-) -> Result<(), SessionError> {
-    let target = LogTarget::of(&broker.config);
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let confirmed = crate::amqp::publish_confirmed(
-        &channel,
-        &target.exchange,
-        &target.routing_key,
-        BasicPublishOptions::default(),
-        body,
-        crate::record::properties(headers),
-    )
-    .await;
-    let _ = channel.close(200, "appended".into()).await;
-    match confirmed {
-        Ok(_) => Ok(()),
-        Err(crate::amqp::PublishError::Amqp(error)) => Err(error.into()),
-        Err(_) => Err(SessionError::AppendRefused(target.describe())),
-    }
-}
-
 /// Serves replays beyond the memory window from the stream (see the module doc).
 pub struct Replayer {
-    /// Weak: the broker owns the fan-out, which holds this.
-    broker: Weak<Broker>,
+    /// Weak: the pipeline owns the fan-out, which holds this.
+    pipeline: Weak<Pipeline>,
 }
 
 impl Replayer {
-    pub fn new(broker: &Arc<Broker>) -> Self {
+    pub fn new(pipeline: &Arc<Pipeline>) -> Self {
         Self {
-            broker: Arc::downgrade(broker),
+            pipeline: Arc::downgrade(pipeline),
         }
     }
 }
@@ -412,23 +363,23 @@ impl DeepHistory for Replayer {
         max_items: usize,
     ) -> FetchFuture<'a> {
         Box::pin(async move {
-            let broker = self
-                .broker
+            let pipeline = self
+                .pipeline
                 .upgrade()
                 .ok_or_else(|| FetchError::Unavailable("shutting down".into()))?;
             // Closed only when the broker goes away, which ends this process's replays anyway.
-            let _slot = broker
+            let _slot = pipeline
                 .replay_slots
                 .acquire()
                 .await
                 .map_err(|_| FetchError::Unavailable("shutting down".into()))?;
-            let connection = broker
+            let connection = pipeline
                 .connection()
                 .ok_or_else(|| FetchError::Unavailable("not connected".into()))?;
             let started = std::time::Instant::now();
             let result = tokio::time::timeout(
                 REPLAY_TIMEOUT,
-                read_range(&broker, &connection, room, after, upto, max_items),
+                read_range(&pipeline, &connection, room, after, upto, max_items),
             )
             .await
             .unwrap_or_else(|_| {
@@ -444,7 +395,7 @@ impl DeepHistory for Replayer {
 
 /// The items of `room` with ids in `(after, upto]`, read from the stream.
 async fn read_range(
-    broker: &Broker,
+    pipeline: &Pipeline,
     connection: &Connection,
     room: &Room,
     after: u64,
@@ -455,7 +406,7 @@ async fn read_range(
     let first = Ids::next_offset(after);
     let last = Ids::next_offset(upto) - 1;
     let channel = connection.create_channel().await.map_err(unavailable)?;
-    let mut consumer = consume_from(&channel, &broker.config.stream, Start::Offset(first))
+    let mut consumer = consume_from(&channel, &pipeline.config.stream, Start::Offset(first))
         .await
         .map_err(unavailable)?;
     let tag = consumer.tag();

@@ -18,10 +18,11 @@ use lapin::options::{
 };
 use lapin::types::{FieldTable, ShortString};
 
-use crate::amqp::{Broker, SessionError};
+use crate::amqp::SessionError;
 use crate::ledger::Ids;
+use crate::pipeline::Pipeline;
 use crate::record::{self, ID_HEADER, Kind};
-use crate::stream::{Read, ReaderSignals, append_marker, emit_record, marker_read};
+use crate::stream::{Read, ReaderSignals, emit_record, marker_read};
 
 /// Records the broker may push ahead of our acks.
 const PREFETCH: u16 = 1000;
@@ -31,11 +32,11 @@ const ACK_EVERY: usize = 200;
 const IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(crate) async fn follow(
-    broker: &Broker,
+    pipeline: &Pipeline,
     connection: &Connection,
     mut signals: ReaderSignals,
 ) -> Result<(), SessionError> {
-    let exchange = broker.config.fanout_exchange();
+    let exchange = pipeline.config.fanout_exchange();
     let channel = connection.create_channel().await?;
     // Exclusive and server-named: never a transient non-exclusive queue (refused by RabbitMQ
     // 4.3's defaults), and deleted with this connection.
@@ -71,8 +72,8 @@ pub(crate) async fn follow(
             FieldTable::default(),
         )
         .await?;
-    let head = broker.fanout.head();
-    let marker = append_marker(broker, connection).await?;
+    let head = pipeline.fanout.head();
+    let marker = pipeline.append_marker(connection).await?;
     tracing::debug!(%exchange, resume_after = head, "reading the stream-less log");
     // What was published while this instance had no queue never reaches it: cursors from
     // before this moment can no longer be answered in full.
@@ -93,7 +94,7 @@ pub(crate) async fn follow(
                 match record::kind(&delivery.properties) {
                     Kind::Marker(id) => {
                         let id = String::from_utf8_lossy(id).into_owned();
-                        let read = marker_read(broker, &id, &marker, drain.as_deref(), &signals.synced);
+                        let read = marker_read(pipeline, &id, &marker, drain.as_deref(), &signals.synced);
                         if matches!(read, Read::OurMarker) {
                             let _ = signals.caught_up.send(true);
                         }
@@ -108,13 +109,13 @@ pub(crate) async fn follow(
                             let id = id as u64;
                             if first_of_session {
                                 first_of_session = false;
-                                broker.fanout.forget_through(id - 1);
+                                pipeline.fanout.forget_through(id - 1);
                             }
                             let position = id - 1;
-                            if Ids::of_offset(position) > broker.fanout.head()
-                                && !emit_record(broker, &delivery.properties, &delivery.data, position)
+                            if Ids::of_offset(position) > pipeline.fanout.head()
+                                && !emit_record(pipeline, &delivery.properties, &delivery.data, position)
                             {
-                                broker.fanout.skip(position);
+                                pipeline.fanout.skip(position);
                             }
                         }
                         _ => tracing::warn!(%exchange, "a record without its id: skipped"),
