@@ -10,7 +10,8 @@
 //!   the window or once it has as many items or bytes as its caller asked for (a join's round,
 //!   a poll's page); `RABBITMQ_REPLAY_MAX` bounds what it reads, its prefetch is sized in
 //!   bytes, replays queue first come, first served behind a small number of slots, and
-//!   replays that ask for the same range at the same time share one read.
+//!   a replay whose range a read under way covers (the same range, or one from a cursor further
+//!   back) shares that read.
 //!
 //! Stream filtering needs RabbitMQ 3.13, so records are filtered here, which also works on the
 //! 3.10 brokers this daemon supports.
