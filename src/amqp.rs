@@ -82,6 +82,25 @@ pub(crate) enum SessionError {
 }
 
 impl SessionError {
+    /// What kind of failure this is, for logging each cause once: losing the connection or
+    /// not reaching a node is one cause however the socket said it (refused, reset, aborted,
+    /// timed out); anything else is its own text.
+    pub(crate) fn cause(&self) -> String {
+        let lost = match self {
+            SessionError::ConnectionClosed
+            | SessionError::Connect(ConnectError::Timeout(_) | ConnectError::EveryNode(_)) => true,
+            SessionError::Connect(ConnectError::Amqp(error)) | SessionError::Amqp(error) => {
+                error.is_io_error()
+            }
+            _ => false,
+        };
+        if lost {
+            "the connection to RabbitMQ was lost or could not be made".to_owned()
+        } else {
+            self.to_string()
+        }
+    }
+
     /// Needs an operator: the daemon cannot fix it by reconnecting, and `/readyz` says so.
     pub(crate) fn needs_operator(&self) -> bool {
         matches!(
@@ -418,6 +437,30 @@ pub fn backoff(failures: u32, cap: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outage_is_one_cause_however_the_socket_says_it() {
+        let io = |kind: std::io::ErrorKind| {
+            SessionError::Amqp(lapin::Error::from(ErrorKind::IOError(Arc::new(
+                std::io::Error::from(kind),
+            ))))
+        };
+        let mut warned = WarnOnce::default();
+        assert!(warned.is_new(&io(std::io::ErrorKind::ConnectionAborted).cause()));
+        assert!(!warned.is_new(&io(std::io::ErrorKind::ConnectionReset).cause()));
+        assert!(!warned.is_new(&SessionError::ConnectionClosed.cause()));
+        assert!(
+            !warned.is_new(
+                &SessionError::Connect(ConnectError::Timeout(Duration::from_secs(5))).cause()
+            )
+        );
+        // A cause an operator must act on is never folded into the outage.
+        let no_streams = SessionError::NoStreams {
+            name: "notifications.log".into(),
+            detail: "NOT_IMPLEMENTED".into(),
+        };
+        assert!(warned.is_new(&no_streams.cause()));
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -74,7 +74,7 @@ impl Bridge {
             // One line per cause of an outage, so nobody is paged for an outage the daemon
             // rides out, and a new cause is never hidden. A cause that needs an operator is an
             // ERROR.
-            if warned.is_new(&error) {
+            if warned.is_new(&error.cause()) {
                 if error.needs_operator() {
                     tracing::error!("{reason}");
                 } else {
