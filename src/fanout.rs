@@ -1158,7 +1158,11 @@ mod tests {
             }
             publish_to_a(&fanout, 5);
         };
-        let (answer, ()) = tokio::join!(join, traffic);
+        let (answer, ()) = tokio::time::timeout(Duration::from_secs(60), async {
+            tokio::join!(join, traffic)
+        })
+        .await
+        .expect("the join ends");
         assert_eq!(answer, Ok(false), "no reset");
         let head = fanout.head();
         assert!(head > 110, "published during the replay: {head}");
@@ -1249,11 +1253,16 @@ mod tests {
                 assert_eq!(joined, Ok(false));
             }
         }
-        // Its client reads nothing: its queue fills, and the next emit finds it full.
-        publish_to_a(&fanout, SLOTS + 1);
+        // Its client reads nothing: its queue fills, and the next notification finds it full
+        // in both of its rooms.
+        publish_to_a(&fanout, SLOTS);
+        fanout.publish(
+            None,
+            note(r#"{"type":"t","rooms":["customer:a","customer:b"]}"#),
+        );
         assert!(stalled.is_closed(), "closed");
         assert!(stalled.rooms().is_empty(), "out of every room");
-        assert_eq!(fanout.metrics.sockets_stalled.get(), 1);
+        assert_eq!(fanout.metrics.sockets_stalled.get(), 1, "it stalls once");
         let tries = stalled.tries.load(Ordering::SeqCst);
         for body in [
             r#"{"type":"t","rooms":["customer:a"]}"#,
@@ -1268,7 +1277,7 @@ mod tests {
         );
         assert_eq!(fanout.metrics.sockets_stalled.get(), 1, "it stalls once");
         reading.read(usize::MAX);
-        assert_eq!(reading.received().len(), SLOTS + 3, "the others go on");
+        assert_eq!(reading.received().len(), SLOTS + 4, "the others go on");
     }
 
     #[tokio::test(start_paused = true)]
@@ -1291,7 +1300,11 @@ mod tests {
                 socket.read(1);
             }
         };
-        let (answer, ()) = tokio::join!(join, client);
+        let (answer, ()) = tokio::time::timeout(Duration::from_secs(60), async {
+            tokio::join!(join, client)
+        })
+        .await
+        .expect("the join ends");
         assert_eq!(answer, Ok(false), "waited for, not reset");
         assert!(!socket.is_closed());
         assert_eq!(fanout.metrics.resets.get(), 0);
@@ -1304,10 +1317,12 @@ mod tests {
         let fanout = fanout(1000);
         publish_to_a(&fanout, 100);
         let socket = connect(&fanout);
-        let joined = fanout
-            .join(&socket, &room("customer:a"), After::Cursor("t-0"), "sub")
-            .await;
-        assert_eq!(joined, Err(JoinError::Gone));
+        let joined = tokio::time::timeout(
+            STALL_AFTER * 2,
+            fanout.join(&socket, &room("customer:a"), After::Cursor("t-0"), "sub"),
+        )
+        .await;
+        assert_eq!(joined, Ok(Err(JoinError::Gone)), "given up on once stalled");
         assert!(socket.is_closed());
         assert!(socket.rooms().is_empty());
         assert_eq!(fanout.metrics.sockets_stalled.get(), 1);
@@ -1376,6 +1391,7 @@ mod tests {
                 .join(&socket, &room("customer:a"), After::Cursor("t-0"), "sub")
                 .await;
             assert_eq!(joined, Ok(false));
+            socket.read(usize::MAX);
         }
         assert_eq!(socket.ids_in("customer:a"), [1, 2, 3, 4, 5]);
     }
