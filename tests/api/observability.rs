@@ -423,6 +423,8 @@ impl Daemon {
             .env("JWT_SECRET", SECRET)
             .env("LOG_FORMAT", "json")
             .env("RABBITMQ_RECONNECT_MAX_MS", "500")
+            // The broker under test; a test's own RABBITMQ_URL (set below) wins.
+            .envs(crate::support::broker_vars())
             .current_dir(std::env::temp_dir())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -519,7 +521,7 @@ fn message(event: &Value) -> &str {
 
 #[tokio::test]
 async fn a_broker_outage_logs_one_warn_then_one_info_and_no_error() {
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let proxy = Proxy::to_broker().await;
     let topology = Topology::fresh();
     let url = proxy.url();
     let mut daemon = Daemon::start(&[
