@@ -27,6 +27,9 @@
 //! is full: such a socket has stopped reading, so it is taken out of all its rooms at once and
 //! costs nothing more, and Engine.IO closes its connection (the patched engineioxide closes a
 //! socket whose queue overflows), so its client reconnects and replays what it missed.
+//!
+//! The sockets are reached through [`Sockets`] ([`Io`] in production), so every rule above is
+//! unit-tested against in-memory sockets whose queues the tests fill and drain.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -35,9 +38,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
-use socketioxide::extract::SocketRef;
-use socketioxide::{SendError, SocketError, SocketIo};
 use time::OffsetDateTime;
+use tokio::time::Instant as Clock;
 
 use crate::budget::{Refused, ReplayBudget};
 use crate::envelope::Envelope;
@@ -45,9 +47,8 @@ use crate::history::Item;
 use crate::ledger::{self, Accepted, Cursor, Ids, Ledger, PageBounds, Plan};
 use crate::metrics::{Metrics, SourceLabels};
 use crate::rooms::Room;
+use crate::sockets::{Emitted, Io, Sockets};
 
-/// The Socket.IO event every notification is emitted as.
-pub const EVENT: &str = "notification";
 /// Most items one round of a join's replay emits before it looks at the ledger again.
 const ROUND_ITEMS: usize = 256;
 /// Most payload bytes one round reads (from the stream) and emits.
@@ -222,8 +223,10 @@ impl Page {
     }
 }
 
-pub struct Fanout {
-    io: SocketIo,
+/// The fan-out over this instance's sockets: socketioxide's ([`Io`]), or in tests, fakes.
+pub struct Fanout<S: Sockets = Io> {
+    /// The sockets, reached only through the seam.
+    io: S,
     ledger: Mutex<Ledger>,
     /// A copy of the ledger's id scheme, to serialize payloads outside the lock.
     ids: Ids,
@@ -242,9 +245,9 @@ pub struct Fanout {
     head: tokio::sync::watch::Sender<u64>,
 }
 
-impl Fanout {
+impl<S: Sockets> Fanout<S> {
     pub fn new(
-        io: SocketIo,
+        io: S,
         ledger: Ledger,
         metrics: Arc<Metrics>,
         socket_slots: usize,
@@ -347,20 +350,15 @@ impl Fanout {
             let envelope = &item.envelope;
             for room in envelope.rooms.iter() {
                 let json = payload(&self.ids, &item, Some(room));
-                emit_to(
-                    self.io.to(room.as_str().to_owned()).sockets(),
-                    &json,
-                    &mut stalled,
-                );
+                for socket in self.io.in_room(room) {
+                    self.emit(&socket, &json, &mut stalled);
+                }
             }
             if envelope.broadcast {
                 let json = payload(&self.ids, &item, None);
-                let except: Vec<String> = envelope
-                    .rooms
-                    .iter()
-                    .map(|r| r.as_str().to_owned())
-                    .collect();
-                emit_to(self.io.except(except).sockets(), &json, &mut stalled);
+                for socket in self.io.outside(&envelope.rooms) {
+                    self.emit(&socket, &json, &mut stalled);
+                }
             }
             envelope.rooms.len() + usize::from(envelope.broadcast)
         };
@@ -384,18 +382,18 @@ impl Fanout {
     /// Returns whether the answer is a reset. The caller serializes one socket's joins.
     pub async fn join(
         &self,
-        socket: &SocketRef,
+        socket: &S::Socket,
         room: &Room,
         after: After<'_>,
         subject: &str,
     ) -> Result<bool, JoinError> {
         // Already in the room: it has everything, and replaying again would double it.
-        if socket.rooms().iter().any(|r| r == room.as_str()) {
+        if self.io.is_in(socket, room) {
             return Ok(false);
         }
         let after = match after {
             After::None => {
-                socket.join(room.as_str().to_owned());
+                self.io.join(socket, room);
                 return Ok(false);
             }
             After::Cursor(cursor) => Some(cursor),
@@ -431,7 +429,7 @@ impl Fanout {
                         pin.release(&mut ledger);
                         self.replay_locked(socket, room, payloads, reset, from_stream);
                         drop(ledger);
-                        return if socket.connected() {
+                        return if self.io.connected(socket) {
                             Ok(reset)
                         } else {
                             Err(JoinError::Gone)
@@ -500,7 +498,7 @@ impl Fanout {
         }
         // A socket that reads more slowly than its room fills: it joins now, told it missed
         // some.
-        tracing::debug!(sid = %socket.id, %room, "replay did not catch up: reset");
+        tracing::debug!(sid = %self.io.id(socket), %room, "replay did not catch up: reset");
         let mut ledger = self.lock();
         pin.release(&mut ledger);
         self.replay_locked(socket, room, Vec::new(), true, from_stream);
@@ -508,11 +506,11 @@ impl Fanout {
     }
 
     /// Can `items` go into `socket`'s queue now, leaving room for live traffic?
-    fn fits_now(&self, socket: &SocketRef, items: &[Item]) -> bool {
+    fn fits_now(&self, socket: &S::Socket, items: &[Item]) -> bool {
         if items.len() > ROUND_ITEMS {
             return false;
         }
-        let (slots, bytes) = socket.queue_room();
+        let (slots, bytes) = self.io.queue_room(socket);
         let needed: usize = items.iter().map(payload_cost).sum();
         slots >= items.len() + self.headroom_slots
             && (bytes >= needed + self.headroom_bytes || items.is_empty())
@@ -522,7 +520,7 @@ impl Fanout {
     /// traffic. A socket that does not read for [`STALL_AFTER`] is closed.
     async fn emit_paced(
         &self,
-        socket: &SocketRef,
+        socket: &S::Socket,
         room: &Room,
         items: &[Item],
     ) -> Result<(), JoinError> {
@@ -530,7 +528,7 @@ impl Fanout {
             let json = payload(&self.ids, item, Some(room));
             self.wait_for_room(socket, json.get().len()).await?;
             let mut stalled = Vec::new();
-            emit_to([socket.clone()], &json, &mut stalled);
+            self.emit(socket, &json, &mut stalled);
             if !stalled.is_empty() {
                 self.drop_stalled(stalled);
                 return Err(JoinError::Gone);
@@ -541,15 +539,16 @@ impl Fanout {
 
     /// Waits until `socket`'s queue can take `bytes` more and still leave live traffic its
     /// headroom.
-    async fn wait_for_room(&self, socket: &SocketRef, bytes: usize) -> Result<(), JoinError> {
-        let mut last = socket.queue_room();
-        let mut moved_at = Instant::now();
+    async fn wait_for_room(&self, socket: &S::Socket, bytes: usize) -> Result<(), JoinError> {
+        let mut last = self.io.queue_room(socket);
+        // Tokio's clock, which a test's paused time moves.
+        let mut moved_at = Clock::now();
         let mut tick = DRAIN_TICK;
         loop {
-            if !socket.connected() {
+            if !self.io.connected(socket) {
                 return Err(JoinError::Gone);
             }
-            let room = socket.queue_room();
+            let room = self.io.queue_room(socket);
             let (slots, free) = room;
             let empty = free >= self.socket_bytes;
             if slots > self.headroom_slots && (free >= bytes + self.headroom_bytes || empty) {
@@ -557,12 +556,12 @@ impl Fanout {
             }
             if room != last {
                 last = room;
-                moved_at = Instant::now();
+                moved_at = Clock::now();
             } else if moved_at.elapsed() >= STALL_AFTER {
                 self.metrics.sockets_stalled.inc();
-                tracing::warn!(sid = %socket.id, "socket stopped reading during a replay: closed; its client reconnects and replays");
-                socket.leave_all();
-                socket.close_overflowed();
+                tracing::warn!(sid = %self.io.id(socket), "socket stopped reading during a replay: closed; its client reconnects and replays");
+                self.io.leave_all(socket);
+                self.io.close_stalled(socket);
                 return Err(JoinError::Gone);
             }
             tokio::time::sleep(tick).await;
@@ -573,7 +572,7 @@ impl Fanout {
     /// Emits `payloads` to `socket` and joins it to `room`; the caller holds the ledger lock.
     fn replay_locked(
         &self,
-        socket: &SocketRef,
+        socket: &S::Socket,
         room: &Room,
         payloads: Vec<Box<RawValue>>,
         reset: bool,
@@ -581,9 +580,9 @@ impl Fanout {
     ) {
         let mut stalled = Vec::new();
         for json in &payloads {
-            emit_to([socket.clone()], json, &mut stalled);
+            self.emit(socket, json, &mut stalled);
         }
-        socket.join(room.as_str().to_owned());
+        self.io.join(socket, room);
         if reset {
             self.metrics.resets.inc();
         } else {
@@ -742,28 +741,39 @@ impl Fanout {
         self.metrics.history_bytes.set(size.bytes as i64);
     }
 
-    fn drop_stalled(&self, mut stalled: Vec<SocketRef>) {
+    /// Emits `json` to `socket`; one whose queue is full goes to `stalled`.
+    fn emit(&self, socket: &S::Socket, json: &RawValue, stalled: &mut Vec<S::Socket>) {
+        match self.io.emit(socket, json) {
+            Emitted::Queued => {}
+            Emitted::Full => stalled.push(socket.clone()),
+            // Closed between lookup and emit: it is leaving anyway.
+            Emitted::Closed => {}
+        }
+    }
+
+    fn drop_stalled(&self, mut stalled: Vec<S::Socket>) {
         // A socket in several of the notification's rooms stalls once.
-        stalled.sort_unstable_by_key(|socket| socket.id);
-        stalled.dedup_by_key(|socket| socket.id);
+        stalled.sort_unstable_by_key(|socket| self.io.id(socket));
+        stalled.dedup_by_key(|socket| self.io.id(socket));
         for socket in stalled {
             self.metrics.sockets_stalled.inc();
-            tracing::warn!(sid = %socket.id, "socket is not reading (send buffer full): removed from its rooms and closed; its client reconnects and replays");
-            // Engine.IO is closing it already; until it is gone it gets nothing more.
-            socket.leave_all();
+            tracing::warn!(sid = %self.io.id(&socket), "socket is not reading (send buffer full): removed from its rooms and closed; its client reconnects and replays");
+            // Until it is gone it gets nothing more.
+            self.io.leave_all(&socket);
+            self.io.close_stalled(&socket);
         }
     }
 }
 
 /// A join's pin on its room's window, released under the ledger lock, or on drop when the
 /// join is abandoned (its socket went away mid-fetch).
-struct ReplayPin<'a> {
-    fanout: &'a Fanout,
+struct ReplayPin<'a, S: Sockets> {
+    fanout: &'a Fanout<S>,
     room: &'a Room,
     id: Option<u64>,
 }
 
-impl ReplayPin<'_> {
+impl<S: Sockets> ReplayPin<'_, S> {
     fn release(&mut self, ledger: &mut Ledger) {
         if let Some(id) = self.id.take() {
             ledger.unpin(self.room, id);
@@ -819,7 +829,7 @@ pub(crate) fn keep_within(items: &mut Vec<Item>, max: usize, max_bytes: usize) {
     items.truncate(keep);
 }
 
-impl Drop for ReplayPin<'_> {
+impl<S: Sockets> Drop for ReplayPin<'_, S> {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
             self.fanout.lock().unpin(self.room, id);
@@ -827,25 +837,14 @@ impl Drop for ReplayPin<'_> {
     }
 }
 
-fn emit_to(
-    sockets: impl IntoIterator<Item = SocketRef>,
-    json: &RawValue,
-    stalled: &mut Vec<SocketRef>,
-) {
-    for socket in sockets {
-        match socket.emit(EVENT, json) {
-            Ok(()) => {}
-            Err(SendError::Socket(SocketError::InternalChannelFull)) => stalled.push(socket),
-            // Closed between lookup and emit: it is leaving anyway.
-            Err(_) => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::HistoryConfig;
     use crate::envelope::{self, CategoryFrom, Limits, Source};
+    use fake::{FakeSocket, FakeSockets};
+    use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     fn item(id: u64, data: &str) -> Item {
         let source = Source {
@@ -887,5 +886,513 @@ mod tests {
             [7],
             "the first whatever its size, so a round always moves on"
         );
+    }
+
+    /// In-memory sockets: each has a bounded queue the test drains (its client reading) and
+    /// remembers every payload it took, and every emit tried on it.
+    mod fake {
+        use std::collections::{BTreeSet, VecDeque};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+
+        use serde_json::value::RawValue;
+
+        use crate::rooms::Room;
+        use crate::sockets::{Emitted, Sockets};
+
+        pub struct FakeSocket {
+            pub id: usize,
+            /// Packets its queue holds at most.
+            slots: usize,
+            /// Bytes its queue holds at most.
+            bytes: usize,
+            queue: Mutex<VecDeque<String>>,
+            /// What its client has read, oldest first.
+            read: Mutex<Vec<String>>,
+            rooms: Mutex<BTreeSet<String>>,
+            closed: AtomicBool,
+            /// Emits tried on it, taken or not.
+            pub tries: AtomicUsize,
+        }
+
+        impl FakeSocket {
+            /// Its client reads up to `n` packets; returns how many it read.
+            pub fn read(&self, n: usize) -> usize {
+                let mut queue = self.queue.lock().unwrap();
+                let n = n.min(queue.len());
+                self.read.lock().unwrap().extend(queue.drain(..n));
+                n
+            }
+
+            /// Every payload it took, read or still queued: `(id number, room)`, in order.
+            pub fn received(&self) -> Vec<(u64, Option<String>)> {
+                let read = self.read.lock().unwrap();
+                let queue = self.queue.lock().unwrap();
+                read.iter()
+                    .chain(queue.iter())
+                    .map(|text| {
+                        let json: serde_json::Value = serde_json::from_str(text).unwrap();
+                        let id = json["id"].as_str().unwrap();
+                        // Ids are `<tag>-<n>`.
+                        let n = id.rsplit_once('-').unwrap().1.parse().unwrap();
+                        (n, json["room"].as_str().map(str::to_owned))
+                    })
+                    .collect()
+            }
+
+            /// The ids it took for `room`, in order.
+            pub fn ids_in(&self, room: &str) -> Vec<u64> {
+                self.received()
+                    .into_iter()
+                    .filter(|(_, r)| r.as_deref() == Some(room))
+                    .map(|(id, _)| id)
+                    .collect()
+            }
+
+            pub fn rooms(&self) -> Vec<String> {
+                self.rooms.lock().unwrap().iter().cloned().collect()
+            }
+
+            pub fn is_closed(&self) -> bool {
+                self.closed.load(Ordering::SeqCst)
+            }
+
+            fn queued_bytes(queue: &VecDeque<String>) -> usize {
+                queue.iter().map(String::len).sum()
+            }
+        }
+
+        #[derive(Default)]
+        pub struct FakeSockets {
+            sockets: Mutex<Vec<Arc<FakeSocket>>>,
+        }
+
+        impl FakeSockets {
+            pub fn connect(&self, slots: usize, bytes: usize) -> Arc<FakeSocket> {
+                let mut sockets = self.sockets.lock().unwrap();
+                let socket = Arc::new(FakeSocket {
+                    id: sockets.len(),
+                    slots,
+                    bytes,
+                    queue: Mutex::default(),
+                    read: Mutex::default(),
+                    rooms: Mutex::default(),
+                    closed: AtomicBool::new(false),
+                    tries: AtomicUsize::new(0),
+                });
+                sockets.push(socket.clone());
+                socket
+            }
+
+            fn matching(&self, keep: impl Fn(&BTreeSet<String>) -> bool) -> Vec<Arc<FakeSocket>> {
+                self.sockets
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|s| !s.is_closed() && keep(&s.rooms.lock().unwrap()))
+                    .cloned()
+                    .collect()
+            }
+        }
+
+        impl Sockets for FakeSockets {
+            type Socket = Arc<FakeSocket>;
+            type Id = usize;
+
+            fn id(&self, socket: &Self::Socket) -> usize {
+                socket.id
+            }
+
+            fn emit(&self, socket: &Self::Socket, payload: &RawValue) -> Emitted {
+                socket.tries.fetch_add(1, Ordering::SeqCst);
+                if socket.is_closed() {
+                    return Emitted::Closed;
+                }
+                let mut queue = socket.queue.lock().unwrap();
+                if queue.len() >= socket.slots || FakeSocket::queued_bytes(&queue) >= socket.bytes {
+                    return Emitted::Full;
+                }
+                queue.push_back(payload.get().to_owned());
+                Emitted::Queued
+            }
+
+            fn in_room(&self, room: &Room) -> Vec<Self::Socket> {
+                self.matching(|rooms| rooms.contains(room.as_str()))
+            }
+
+            fn outside(&self, except: &[Room]) -> Vec<Self::Socket> {
+                self.matching(|rooms| !except.iter().any(|r| rooms.contains(r.as_str())))
+            }
+
+            fn join(&self, socket: &Self::Socket, room: &Room) {
+                socket
+                    .rooms
+                    .lock()
+                    .unwrap()
+                    .insert(room.as_str().to_owned());
+            }
+
+            fn is_in(&self, socket: &Self::Socket, room: &Room) -> bool {
+                socket.rooms.lock().unwrap().contains(room.as_str())
+            }
+
+            fn leave_all(&self, socket: &Self::Socket) {
+                socket.rooms.lock().unwrap().clear();
+            }
+
+            fn queue_room(&self, socket: &Self::Socket) -> (usize, usize) {
+                let queue = socket.queue.lock().unwrap();
+                (
+                    socket.slots - queue.len(),
+                    socket
+                        .bytes
+                        .saturating_sub(FakeSocket::queued_bytes(&queue)),
+                )
+            }
+
+            fn connected(&self, socket: &Self::Socket) -> bool {
+                !socket.is_closed()
+            }
+
+            fn close_stalled(&self, socket: &Self::Socket) {
+                socket.closed.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// A socket's queue, in packets and bytes: the fan-out and the fake sockets share it.
+    const SLOTS: usize = 16;
+    const BYTES: usize = 1 << 20;
+
+    fn history(per_room: usize) -> HistoryConfig {
+        HistoryConfig {
+            per_room,
+            max_rooms: 1000,
+            max_total: 100_000,
+            max_bytes: 64 << 20,
+            room_idle: Duration::from_secs(3600),
+        }
+    }
+
+    /// A fan-out over fake sockets, its ids `t-<n>`, its rooms holding `per_room` each.
+    fn fanout_with(ledger: Ledger) -> Fanout<FakeSockets> {
+        let budget = ReplayBudget::new(
+            1_000_000,
+            Gauge::default(),
+            Counter::default(),
+            Counter::default(),
+        );
+        Fanout::new(
+            FakeSockets::default(),
+            ledger,
+            Arc::new(Metrics::new()),
+            SLOTS,
+            BYTES,
+            budget,
+        )
+    }
+
+    fn fanout(per_room: usize) -> Fanout<FakeSockets> {
+        fanout_with(Ledger::new(
+            ledger::Ids::with_epoch("t"),
+            history(per_room),
+            100,
+            0,
+        ))
+    }
+
+    fn connect(fanout: &Fanout<FakeSockets>) -> Arc<FakeSocket> {
+        fanout.io.connect(SLOTS, BYTES)
+    }
+
+    fn note(body: &str) -> Arc<Envelope> {
+        let source = Source {
+            category: CategoryFrom::RoutingKey("notification.customer"),
+            message_id: None,
+            timestamp: None,
+        };
+        let limits = Limits {
+            max_bytes: 1 << 20,
+            max_rooms: 10,
+        };
+        Arc::new(envelope::parse(body.as_bytes(), source, &limits).unwrap())
+    }
+
+    /// A notification to `customer:a` (and, as every one, `cms:dashboard`).
+    fn to_a() -> Arc<Envelope> {
+        note(r#"{"type":"t","rooms":["customer:a"]}"#)
+    }
+
+    fn room(name: &str) -> Room {
+        Room::parse(name).unwrap()
+    }
+
+    fn publish_to_a(fanout: &Fanout<FakeSockets>, n: usize) {
+        for _ in 0..n {
+            fanout.publish(None, to_a());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_join_gets_each_notification_published_during_its_replay_once_either_replayed_or_live()
+     {
+        let fanout = fanout(1000);
+        publish_to_a(&fanout, 100);
+        let socket = connect(&fanout);
+        let done = AtomicBool::new(false);
+        // The replay needs rounds: 100 items, a queue of 16 with 8 kept for live traffic.
+        let join = async {
+            let answer = fanout
+                .join(&socket, &room("customer:a"), After::Cursor("t-0"), "sub")
+                .await;
+            done.store(true, Ordering::SeqCst);
+            answer
+        };
+        // Its client reads 3 packets every 2 ms (of paused time) while a notification is
+        // published every 2 ms: through every round of the replay, and after it.
+        let traffic = async {
+            while !done.load(Ordering::SeqCst) {
+                fanout.publish(None, to_a());
+                socket.read(3);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            publish_to_a(&fanout, 5);
+        };
+        let (answer, ()) = tokio::time::timeout(Duration::from_secs(60), async {
+            tokio::join!(join, traffic)
+        })
+        .await
+        .expect("the join ends");
+        assert_eq!(answer, Ok(false), "no reset");
+        let head = fanout.head();
+        assert!(head > 110, "published during the replay: {head}");
+        assert_eq!(
+            socket.ids_in("customer:a"),
+            (1..=head).collect::<Vec<_>>(),
+            "every notification once, in order"
+        );
+    }
+
+    /// A stream holding every notification, as the stream reader would read it.
+    struct Stream(Mutex<Vec<Item>>);
+
+    impl DeepHistory for Stream {
+        fn fetch<'a>(
+            &'a self,
+            room: &'a Room,
+            after: u64,
+            upto: u64,
+            limits: FetchLimits,
+        ) -> FetchFuture<'a> {
+            let items: Vec<Item> = self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|i| i.id > after && i.id <= upto && i.envelope.rooms.contains(room))
+                .take(limits.items)
+                .cloned()
+                .collect();
+            let through = match items.last() {
+                Some(last) if items.len() == limits.items => last.id,
+                _ => upto,
+            };
+            let records = upto - after;
+            Box::pin(async move {
+                Ok(Fetched {
+                    items,
+                    through,
+                    records,
+                })
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_gets_its_notifications_in_order_from_the_stream_memory_and_live() {
+        // Memory holds the last 5 of a room; the stream holds everything.
+        let fanout = fanout_with(Ledger::new(ledger::Ids::stream(), history(5), 100, 1000));
+        let stream = Arc::new(Stream(Mutex::default()));
+        fanout.set_deep_history(stream.clone());
+        let publish = |offset: u64| {
+            let envelope = to_a();
+            stream.0.lock().unwrap().push(Item {
+                id: ledger::Ids::of_offset(offset),
+                envelope: envelope.clone(),
+            });
+            fanout.publish(Some(offset), envelope);
+        };
+        for offset in 0..30 {
+            publish(offset);
+        }
+        // A queue that takes it all: the order is under test here, not the pacing.
+        let socket = fanout.io.connect(64, BYTES);
+        let joined = fanout
+            .join(&socket, &room("customer:a"), After::Cursor("s-2"), "sub")
+            .await;
+        assert_eq!(joined, Ok(false));
+        for offset in 30..35 {
+            publish(offset);
+        }
+        assert_eq!(
+            socket.ids_in("customer:a"),
+            (3..=35).collect::<Vec<_>>(),
+            "3..=25 from the stream, 26..=30 from memory, then live"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_socket_whose_queue_is_full_leaves_all_its_rooms_is_closed_and_costs_nothing_more() {
+        let fanout = fanout(1000);
+        let stalled = connect(&fanout);
+        // Its client is not read in this test either, but its queue holds all of it.
+        let reading = fanout.io.connect(100, BYTES);
+        for socket in [&stalled, &reading] {
+            for name in ["customer:a", "customer:b"] {
+                let joined = fanout.join(socket, &room(name), After::None, "sub").await;
+                assert_eq!(joined, Ok(false));
+            }
+        }
+        // Its client reads nothing: its queue fills, and the next notification finds it full
+        // in both of its rooms.
+        publish_to_a(&fanout, SLOTS);
+        fanout.publish(
+            None,
+            note(r#"{"type":"t","rooms":["customer:a","customer:b"]}"#),
+        );
+        assert!(stalled.is_closed(), "closed");
+        assert!(stalled.rooms().is_empty(), "out of every room");
+        assert_eq!(fanout.metrics.sockets_stalled.get(), 1, "it stalls once");
+        let tries = stalled.tries.load(Ordering::SeqCst);
+        for body in [
+            r#"{"type":"t","rooms":["customer:a"]}"#,
+            r#"{"type":"t","rooms":["customer:b"]}"#,
+        ] {
+            fanout.publish(None, note(body));
+        }
+        assert_eq!(
+            stalled.tries.load(Ordering::SeqCst),
+            tries,
+            "nothing more is tried on it"
+        );
+        assert_eq!(fanout.metrics.sockets_stalled.get(), 1, "it stalls once");
+        reading.read(usize::MAX);
+        assert_eq!(reading.received().len(), SLOTS + 4, "the others go on");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_replay_waits_for_a_slow_reader_rather_than_resetting() {
+        let fanout = fanout(1000);
+        publish_to_a(&fanout, 300);
+        let socket = connect(&fanout);
+        let done = AtomicBool::new(false);
+        let join = async {
+            let answer = fanout
+                .join(&socket, &room("customer:a"), After::Cursor("t-0"), "sub")
+                .await;
+            done.store(true, Ordering::SeqCst);
+            answer
+        };
+        // One packet every 20 ms (of paused time): slow, but never stalled for long.
+        let client = async {
+            while !done.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                socket.read(1);
+            }
+        };
+        let (answer, ()) = tokio::time::timeout(Duration::from_secs(60), async {
+            tokio::join!(join, client)
+        })
+        .await
+        .expect("the join ends");
+        assert_eq!(answer, Ok(false), "waited for, not reset");
+        assert!(!socket.is_closed());
+        assert_eq!(fanout.metrics.resets.get(), 0);
+        assert_eq!(socket.ids_in("customer:a"), (1..=300).collect::<Vec<_>>());
+        assert!(socket.rooms().contains(&"customer:a".to_owned()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replay_whose_socket_stops_reading_closes_it() {
+        let fanout = fanout(1000);
+        publish_to_a(&fanout, 100);
+        let socket = connect(&fanout);
+        let joined = tokio::time::timeout(
+            STALL_AFTER * 2,
+            fanout.join(&socket, &room("customer:a"), After::Cursor("t-0"), "sub"),
+        )
+        .await;
+        assert_eq!(joined, Ok(Err(JoinError::Gone)), "given up on once stalled");
+        assert!(socket.is_closed());
+        assert!(socket.rooms().is_empty());
+        assert_eq!(fanout.metrics.sockets_stalled.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_join_with_an_unknown_or_malformed_cursor_replays_what_is_retained_with_reset() {
+        let fanout = fanout(5);
+        publish_to_a(&fanout, 10);
+        for after in [
+            After::Malformed,
+            After::Cursor("other-3"),
+            After::Cursor("t-99"),
+        ] {
+            let socket = connect(&fanout);
+            let joined = fanout
+                .join(&socket, &room("customer:a"), after, "sub")
+                .await;
+            assert_eq!(joined, Ok(true), "{after:?}: a reset");
+            assert_eq!(
+                socket.ids_in("customer:a"),
+                [6, 7, 8, 9, 10],
+                "{after:?}: the retained history, from its start"
+            );
+        }
+        assert_eq!(fanout.metrics.resets.get(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_broadcast_reaches_each_socket_outside_its_rooms_once_with_room_null() {
+        let fanout = fanout(1000);
+        let in_a = connect(&fanout);
+        let in_a_and_b = connect(&fanout);
+        let in_b = connect(&fanout);
+        let in_none = connect(&fanout);
+        for (socket, names) in [
+            (&in_a, &["customer:a"][..]),
+            (&in_a_and_b, &["customer:a", "customer:b"]),
+            (&in_b, &["customer:b"]),
+        ] {
+            for name in names {
+                let joined = fanout.join(socket, &room(name), After::None, "sub").await;
+                assert_eq!(joined, Ok(false));
+            }
+        }
+        let outcome = fanout.publish(
+            None,
+            note(r#"{"type":"t","rooms":["customer:a"],"broadcast":true}"#),
+        );
+        // customer:a, cms:dashboard and the broadcast copy.
+        assert_eq!(outcome, Outcome::Delivered { copies: 3 });
+        let a = Some("customer:a".to_owned());
+        assert_eq!(in_a.received(), [(1, a.clone())]);
+        assert_eq!(in_a_and_b.received(), [(1, a)]);
+        assert_eq!(in_b.received(), [(1, None)]);
+        assert_eq!(in_none.received(), [(1, None)]);
+    }
+
+    #[tokio::test]
+    async fn joining_a_room_again_replays_nothing() {
+        let fanout = fanout(1000);
+        publish_to_a(&fanout, 5);
+        let socket = connect(&fanout);
+        for _ in 0..2 {
+            let joined = fanout
+                .join(&socket, &room("customer:a"), After::Cursor("t-0"), "sub")
+                .await;
+            assert_eq!(joined, Ok(false));
+            socket.read(usize::MAX);
+        }
+        assert_eq!(socket.ids_in("customer:a"), [1, 2, 3, 4, 5]);
     }
 }

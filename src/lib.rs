@@ -10,7 +10,8 @@
 //! - `dedupe`, `history`, `ledger`: the core, no I/O: what was seen before, each room's memory
 //!   window, and the ledger that numbers notifications and answers "what follows cursor C".
 //! - `fanout`: emits the ledger's answers to this instance's sockets; joins and polls;
-//!   `budget`: what each token subject may read from the stream.
+//!   `sockets`: what it needs from Socket.IO, as a seam it is unit-tested through; `budget`:
+//!   what each token subject may read from the stream.
 //! - `stats`: the dashboards' counts (contract section 7), derived from what the log holds.
 //! - The AMQP side, as a pipeline: `amqp` (a plain client: connecting to one of several nodes,
 //!   the session's link, confirmed publishing), `topology` (what is declared), `record` (the
@@ -49,6 +50,7 @@ pub(crate) mod readiness;
 pub(crate) mod record;
 pub mod rooms;
 pub(crate) mod socket;
+pub(crate) mod sockets;
 pub(crate) mod state;
 pub mod stats;
 pub(crate) mod stream;
@@ -120,7 +122,7 @@ pub async fn run(
         metrics.replay_records.clone(),
     );
     let fanout = Arc::new(Fanout::new(
-        io.clone(),
+        sockets::Io(io.clone()),
         ledger,
         metrics.clone(),
         socket_buffer,
