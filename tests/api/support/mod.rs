@@ -1,6 +1,7 @@
 //! `TestApp`: the real daemon on port 0 against the real local RabbitMQ, with its own exchange
 //! and queues, plus helpers to publish, read queues, call the API and connect sockets.
 
+pub mod daemon;
 pub mod proxy;
 pub mod sio;
 pub mod tls;
