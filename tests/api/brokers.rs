@@ -74,12 +74,20 @@ async fn an_existing_classic_queue_from_v2_is_kept_as_it_is_and_works() {
         durable: true,
         ..Default::default()
     };
-    // As v2 declared them: no x-queue-type.
+    // As v2 declared them: no x-queue-type, so classic on a broker whose default is classic.
+    // Named here, so the queues are classic on a broker whose default is quorum too.
+    let classic = |mut arguments: FieldTable| {
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("classic".into()),
+        );
+        arguments
+    };
     channel
         .queue_declare(
             topology.queue.as_str().into(),
             durable,
-            intake_arguments(&topology.queue),
+            classic(intake_arguments(&topology.queue)),
         )
         .await
         .unwrap();
@@ -87,7 +95,7 @@ async fn an_existing_classic_queue_from_v2_is_kept_as_it_is_and_works() {
         .queue_declare(
             format!("{}.dead", topology.queue).as_str().into(),
             durable,
-            FieldTable::default(),
+            classic(FieldTable::default()),
         )
         .await
         .unwrap();
@@ -121,7 +129,7 @@ async fn a_node_that_does_not_answer_is_passed_over_for_the_next_url_and_no_pass
     // Nothing listens on port 1: the first node is down.
     let urls = format!(
         "amqp://bridge:first-node-password@127.0.0.1:1/%2f,{}",
-        crate::support::BROKER
+        crate::support::broker_url()
     );
     let app = TestApp::spawn(Settings {
         broker_url: Some(urls),

@@ -15,6 +15,8 @@ async fn run_browser_test(app: &TestApp, script: &str, extra: &[&str]) {
             .arg(&path)
             .args(["--base", &app.base, "--jwt-secret", SECRET])
             .args(extra)
+            // The broker under test, for the pages' scripts that publish to it.
+            .env("AMQP_URL", crate::support::broker_url())
             .env(
                 "SCREENSHOT_DIR",
                 concat!(env!("CARGO_MANIFEST_DIR"), "/artifacts/screenshots"),

@@ -12,7 +12,7 @@ use crate::support::daemon::Daemon;
 use crate::support::proxy::Proxy;
 use crate::support::sio::{SioClient, TokenVia, stalled_socket};
 use crate::support::{
-    Settings, TestApp, Topology, WAIT, message_id, metric, open_publisher, unique,
+    Settings, TestApp, Topology, WAIT, message_id, metric, open_publisher, queue_unacked, unique,
 };
 
 fn through(proxy: &Proxy) -> Settings {
@@ -24,7 +24,7 @@ fn through(proxy: &Proxy) -> Settings {
 
 #[tokio::test]
 async fn a_broker_outage_keeps_the_instance_ready_and_what_was_published_during_it_arrives_after() {
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let proxy = Proxy::to_broker().await;
     let app = TestApp::spawn(through(&proxy)).await;
     let mut cms = app.joined(&app.cms_token(), &["cms:dashboard"]).await;
     app.wait_broker("connected").await;
@@ -77,7 +77,7 @@ async fn hundreds_of_messages_across_repeated_cuts_are_all_emitted_and_those_wit
  {
     const BATCHES: usize = 4;
     const PER_BATCH: usize = 100;
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let proxy = Proxy::to_broker().await;
     let app = TestApp::spawn(through(&proxy).var("RABBITMQ_PREFETCH", "20")).await;
     let mut cms = app.joined(&app.cms_token(), &["cms:dashboard"]).await;
 
@@ -130,7 +130,7 @@ async fn hundreds_of_messages_across_repeated_cuts_are_all_emitted_and_those_wit
 
 #[tokio::test]
 async fn starting_with_the_broker_unreachable_serves_and_connects_when_it_returns() {
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let proxy = Proxy::to_broker().await;
     proxy.cut();
     let app = TestApp::spawn(Settings {
         no_wait: true,
@@ -187,33 +187,13 @@ async fn a_queue_declared_with_other_arguments_gives_one_clear_error() {
     app.stop().await;
 }
 
-/// Messages of `queue` delivered and not yet acked, as the broker counts them.
-fn unacked(queue: &str) -> Option<u32> {
-    let output = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_queues",
-            "-q",
-            "--no-table-headers",
-            "name",
-            "messages_unacknowledged",
-        ])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .find_map(|line| {
-            let mut fields = line.split_whitespace();
-            (fields.next()? == queue).then(|| fields.next()?.parse().ok())?
-        })
-}
-
 #[tokio::test]
 async fn a_redelivered_twin_of_an_acked_notification_is_not_dropped() {
     // "Station ST-1 offline" twice, no messageId. The first is emitted and acked. The second
     // is delivered but never handled before a connection loss, so it comes back flagged
     // redelivered. A fingerprint of "recently seen bodies" would drop it as a duplicate; only a
     // redelivery of something appended and not yet acked may be dropped.
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let proxy = Proxy::to_broker().await;
     // A classic queue: the scenario needs the twin's first delivery (to our consumer) to be
     // unflagged, and a quorum queue flags a message whose earlier consumer was lost.
     let app = TestApp::spawn(through(&proxy).var("RABBITMQ_QUEUE_TYPE", "classic")).await;
@@ -224,7 +204,7 @@ async fn a_redelivered_twin_of_an_acked_notification_is_not_dropped() {
     assert_eq!(cms.next().await["type"], "station.offline");
     // Its ack has reached the broker (acks are batched for a few milliseconds).
     let deadline = tokio::time::Instant::now() + WAIT;
-    while unacked(&app.queue) != Some(0) {
+    while queue_unacked(&app.queue).await != Some(0) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the first was never acked"
@@ -334,6 +314,7 @@ async fn sigterm_with_deliveries_in_flight_loses_nothing_and_exits_zero() {
     let topology = Topology::fresh();
     let mut daemon = Daemon::builder()
         .public_dir()
+        .broker()
         .vars(&[
             ("ENABLE_RABBITMQ", "true"),
             ("RABBITMQ_EXCHANGE", &topology.exchange),
@@ -427,6 +408,7 @@ async fn the_broker_password_never_reaches_the_logs() {
     // Nothing listens on port 1: every attempt fails and is logged.
     let mut daemon = Daemon::builder()
         .public_dir()
+        .broker()
         .vars(&[
             ("ENABLE_RABBITMQ", "true"),
             (
@@ -452,7 +434,7 @@ async fn the_broker_password_never_reaches_the_logs() {
 
 #[tokio::test]
 async fn log_format_json_writes_one_json_object_per_line() {
-    let mut daemon = Daemon::builder().public_dir().json_logs().start();
+    let mut daemon = Daemon::builder().public_dir().broker().json_logs().start();
     daemon.wait_ready().await;
     let log = daemon.stop().await;
     let mut lines = 0;

@@ -6,6 +6,7 @@ mod adversarial;
 mod bridge;
 mod brokers;
 mod browser;
+mod cluster;
 mod dead_letters;
 mod faults;
 mod http_basics;

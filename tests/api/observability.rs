@@ -397,14 +397,15 @@ fn service_token() -> String {
     .unwrap()
 }
 
-/// The real binary on a free port, logging JSON, with [`SECRET`] and quick broker retries,
-/// plus `vars`.
+/// The real binary on a free port, logging JSON, with [`SECRET`], quick broker retries and
+/// the broker under test, plus `vars`.
 fn start_daemon(vars: &[(&str, &str)]) -> Daemon {
     Daemon::builder()
         .public_dir()
         .json_logs()
         .var("JWT_SECRET", SECRET)
         .var("RABBITMQ_RECONNECT_MAX_MS", "500")
+        .broker()
         .vars(vars)
         .start()
 }
@@ -419,7 +420,7 @@ fn message(event: &Value) -> &str {
 
 #[tokio::test]
 async fn a_broker_outage_logs_one_warn_then_one_info_and_no_error() {
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let proxy = Proxy::to_broker().await;
     let topology = Topology::fresh();
     let url = proxy.url();
     let mut daemon = start_daemon(&[

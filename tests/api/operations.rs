@@ -208,7 +208,7 @@ fn publish_tool(app: &TestApp, args: &[&str], url: &str) -> Output {
 async fn the_publish_tool_sends_one_confirmed_notification() {
     let app = TestApp::spawn(Settings::rabbit()).await;
     let mut customer = app.joined(&app.customer_token("3"), &["customer:3"]).await;
-    let broker = crate::support::BROKER;
+    let broker = crate::support::broker_url();
 
     let out = publish_tool(
         &app,

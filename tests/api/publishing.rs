@@ -8,7 +8,7 @@ use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::json;
 
-use crate::support::{BROKER, Settings, TestApp, now, unique};
+use crate::support::{Settings, TestApp, broker_url, now, unique};
 
 /// A broker URL nothing listens at: a dry run that connected would fail.
 const NO_BROKER: &str = "amqp://guest:guest@127.0.0.1:1/%2f";
@@ -160,13 +160,18 @@ async fn dry_run_of_a_good_body_prints_ok_and_a_message_id_without_a_broker() {
 async fn a_retry_with_the_printed_message_id_is_emitted_once() {
     let app = TestApp::spawn(Settings::rabbit()).await;
     let mut customer = app.joined(&app.customer_token("3"), &["customer:3"]).await;
-    // A second queue on the exchange shows the AMQP properties the tool set.
+    // A second queue on the exchange shows the AMQP properties the tool set. Exclusive: it goes
+    // with our connection whatever happens, and a transient queue that is not exclusive is
+    // refused by RabbitMQ 4.3's defaults (`transient_nonexcl_queues`).
     let tap = unique("nb-test-tap");
     let channel = app.channel();
     channel
         .queue_declare(
             tap.as_str().into(),
-            QueueDeclareOptions::default(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await
@@ -183,7 +188,12 @@ async fn a_retry_with_the_printed_message_id_is_emitted_once() {
         .unwrap();
 
     let body = r#"{"type":"retried","recipients":[3]}"#;
-    let first = publish_tool(&app.exchange, BROKER, &[], &["notification.session", body]);
+    let first = publish_tool(
+        &app.exchange,
+        broker_url(),
+        &[],
+        &["notification.session", body],
+    );
     assert!(first.status.success(), "{}", text(&first.stderr));
     assert!(text(&first.stdout).contains("(confirmed)"));
     let id = printed_message_id(&first);
@@ -193,7 +203,7 @@ async fn a_retry_with_the_printed_message_id_is_emitted_once() {
 
     let retry = publish_tool(
         &app.exchange,
-        BROKER,
+        broker_url(),
         &[],
         &["--message-id", &id, "notification.session", body],
     );
@@ -201,7 +211,7 @@ async fn a_retry_with_the_printed_message_id_is_emitted_once() {
     assert_eq!(printed_message_id(&retry), id);
     let marker = publish_tool(
         &app.exchange,
-        BROKER,
+        broker_url(),
         &[],
         &[
             "notification.session",
@@ -240,7 +250,7 @@ async fn publish_refuses_a_routing_key_no_queue_is_bound_for() {
     let app = TestApp::spawn(Settings::rabbit()).await;
     let out = publish_tool(
         &app.exchange,
-        BROKER,
+        broker_url(),
         &[],
         &["elsewhere.session", r#"{"type":"t"}"#],
     );

@@ -98,7 +98,7 @@ async fn python_socketio_reconnects_by_itself_after_a_sigterm_restart_and_misses
         ("RABBITMQ_EXCHANGE", topology.exchange.as_str()),
         ("RABBITMQ_QUEUE", topology.queue.as_str()),
     ];
-    let mut first = Daemon::builder().public_dir().vars(&vars).start();
+    let mut first = Daemon::builder().public_dir().broker().vars(&vars).start();
     first.wait_ready().await;
     let port = first.port;
     let publisher = TestApp::publisher_for(&topology.exchange).await;
@@ -139,6 +139,7 @@ async fn python_socketio_reconnects_by_itself_after_a_sigterm_restart_and_misses
     let mut second = Daemon::builder()
         .port(port)
         .public_dir()
+        .broker()
         .vars(&vars)
         .start();
     second.wait_ready().await;

@@ -564,9 +564,10 @@ async fn large_records_and_parallel_polls_keep_peak_memory_bounded() {
     let (exchange, queue) = (app.exchange.clone(), app.queue.clone());
     let mut daemon = Daemon::builder()
         .public_dir()
+        .broker()
         .vars(&[
             ("ENABLE_RABBITMQ", "true"),
-            ("RABBITMQ_URL", crate::support::BROKER),
+            ("RABBITMQ_URL", crate::support::broker_url()),
             ("RABBITMQ_EXCHANGE", &exchange),
             ("RABBITMQ_QUEUE", &queue),
             ("RABBITMQ_REBUILD_MAX_AGE", "1s"),

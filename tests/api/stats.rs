@@ -5,7 +5,9 @@ use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
 
-use crate::support::{Settings, TestApp, Topology, WAIT, message_id, open_publisher};
+use crate::support::{
+    Settings, TestApp, Topology, WAIT, message_id, open_publisher, requires_stream,
+};
 
 /// `/api/stats` with a CMS token.
 async fn stats(app: &TestApp) -> Value {
@@ -101,6 +103,7 @@ async fn each_accepted_notification_counts_once_and_dead_letters_and_duplicates_
 
 #[tokio::test]
 async fn two_instances_agree_and_a_restarted_instance_keeps_all() {
+    requires_stream!("the figures survive a restart through the stream's checkpoints");
     let topology = Topology::fresh();
     let settings = || Settings {
         exchange: Some(topology.exchange.clone()),
@@ -192,6 +195,7 @@ async fn first_offset(stream: &str) -> u64 {
 
 #[tokio::test]
 async fn all_counts_everything_since_the_first_start_after_the_stream_dropped_its_oldest() {
+    requires_stream!("it reads the stream and its retention");
     let topology = Topology::fresh();
     let stream = format!("{}.log", topology.queue);
     let settings = |rebuild: &str| {

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
-use super::{WAIT, unique};
+use super::{WAIT, broker_vars, unique};
 
 /// The repository's `public/`, for daemons that serve the pages from disk.
 pub const PUBLIC_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/public");
@@ -51,6 +51,13 @@ impl Builder {
         for (name, value) in vars {
             self = self.var(name, value);
         }
+        self
+    }
+
+    /// The broker under test ([`broker_vars`]: its `RABBITMQ_URL`, and `RABBITMQ_STREAM=off`
+    /// in stream-less mode). A test's own `RABBITMQ_URL`, set after this, wins.
+    pub fn broker(mut self) -> Self {
+        self.vars.extend(broker_vars());
         self
     }
 

@@ -1,12 +1,17 @@
-//! `TestApp`: the real daemon on port 0 against the real local RabbitMQ, with its own exchange
+//! `TestApp`: the real daemon on port 0 against the real RabbitMQ, with its own exchange
 //! and queues, plus helpers to publish, read queues, call the API and connect sockets.
+//!
+//! The broker is the local one unless the environment names another (see [`broker_url`],
+//! [`management_url`], [`stream_off`]), so the same suite runs against any broker.
 
 pub mod daemon;
 pub mod proxy;
 pub mod sio;
 pub mod tls;
 
+use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -25,7 +30,98 @@ use tokio_util::sync::CancellationToken;
 pub use sio::SioClient;
 
 pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
-pub const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The broker when the environment names none: the local one `make test` starts.
+pub const LOCAL_BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The AMQP URL of the broker every test uses: `NB_TEST_AMQP_URL`, else the local broker.
+pub fn broker_url() -> &'static str {
+    static URL: LazyLock<String> = LazyLock::new(|| {
+        std::env::var("NB_TEST_AMQP_URL")
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+            .unwrap_or_else(|| LOCAL_BROKER.into())
+    });
+    &URL
+}
+
+/// `host:port` of [`broker_url`], for the proxies that stand in front of it.
+pub fn broker_addr() -> String {
+    let url = broker_url();
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = after_scheme.split('/').next().unwrap_or(after_scheme);
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5672")
+    }
+}
+
+/// [`broker_url`] with its host and port replaced by `addr` (credentials and vhost kept).
+pub fn broker_url_via(addr: &str) -> String {
+    let url = broker_url();
+    let (scheme, rest) = url.split_once("://").unwrap_or(("amqp", url));
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let credentials = authority
+        .rsplit_once('@')
+        .map(|(c, _)| format!("{c}@"))
+        .unwrap_or_default();
+    format!("{scheme}://{credentials}{addr}/{path}")
+}
+
+/// The broker's management API (`NB_TEST_MANAGEMENT_URL`, e.g.
+/// `http://guest:guest@127.0.0.1:15672`), when the environment names one. Without it, the few
+/// tests that read the broker's own figures ask `rabbitmqctl` on the local node.
+pub fn management_url() -> Option<&'static str> {
+    static URL: LazyLock<Option<String>> = LazyLock::new(|| {
+        std::env::var("NB_TEST_MANAGEMENT_URL")
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+    });
+    URL.as_deref()
+}
+
+/// `NB_TEST_STREAM=off`: every daemon the tests start runs in the stream-less mode
+/// (`RABBITMQ_STREAM=off`, contract v3 section 2), as on a broker without streams.
+pub fn stream_off() -> bool {
+    static OFF: LazyLock<bool> =
+        LazyLock::new(|| std::env::var("NB_TEST_STREAM").is_ok_and(|v| v == "off"));
+    *OFF
+}
+
+/// The broker variables every daemon the tests start gets first (a test's own come after and
+/// win): the broker under test and, in stream-less mode, `RABBITMQ_STREAM=off`.
+pub fn broker_vars() -> Vec<(String, String)> {
+    let mut vars = vec![("RABBITMQ_URL".to_owned(), broker_url().to_owned())];
+    if stream_off() {
+        vars.push(("RABBITMQ_STREAM".into(), "off".into()));
+    }
+    vars
+}
+
+/// Says on the terminal, past the test harness's capture, that the running test is skipped and
+/// why. Tests skip only through this, so a skip is never silent.
+pub fn skip(why: &str) {
+    // libtest names each test's thread after the test, and #[tokio::test] runs on that thread.
+    let current = std::thread::current();
+    let test = current.name().unwrap_or("a test");
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
+/// At the top of a test that needs the stream (cursors across restarts, replay from the
+/// stream): returns from it, visibly, in stream-less mode.
+macro_rules! requires_stream {
+    ($why:expr) => {
+        if $crate::support::stream_off() {
+            $crate::support::skip(&format!(
+                "needs the stream, and NB_TEST_STREAM=off runs without one: {}",
+                $why
+            ));
+            return;
+        }
+    };
+}
+pub(crate) use requires_stream;
 /// Every wait in these tests is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -58,6 +154,8 @@ pub struct TestApp {
     pub exchange: String,
     pub queue: String,
     pub rabbit: bool,
+    /// Where the test's own connections go (see [`Settings::test_broker`]).
+    test_broker: String,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     publisher: Option<(Connection, Channel)>,
@@ -116,6 +214,9 @@ pub struct Settings {
     pub queue: Option<String>,
     /// Use this exchange instead of a fresh one (several instances on one exchange).
     pub exchange: Option<String>,
+    /// The broker the test's own connections (publisher, cleanup) use instead of
+    /// [`broker_url`]: one node of a cluster the daemon is given all of.
+    pub test_broker: Option<String>,
 }
 
 impl Settings {
@@ -150,11 +251,15 @@ impl TestApp {
             .queue
             .clone()
             .unwrap_or_else(|| unique("nb-test-q"));
-        let mut vars: Vec<(String, String)> = vec![
+        let mut vars = broker_vars();
+        vars.extend([
             ("ENABLE_RABBITMQ".into(), settings.rabbit.to_string()),
             (
                 "RABBITMQ_URL".into(),
-                settings.broker_url.clone().unwrap_or_else(|| BROKER.into()),
+                settings
+                    .broker_url
+                    .clone()
+                    .unwrap_or_else(|| broker_url().into()),
             ),
             ("RABBITMQ_EXCHANGE".into(), exchange.clone()),
             ("RABBITMQ_QUEUE".into(), queue.clone()),
@@ -164,19 +269,28 @@ impl TestApp {
                 concat!(env!("CARGO_MANIFEST_DIR"), "/public").into(),
             ),
             ("SHUTDOWN_TIMEOUT_MS".into(), "5000".into()),
-        ];
+        ]);
         if settings.auth {
             vars.push(("JWT_SECRET".into(), SECRET.into()));
         }
         vars.extend(settings.vars.iter().cloned());
+        // The config refuses a variable given twice: a later one (the test's own) wins.
+        let mut seen = std::collections::HashSet::new();
+        vars.reverse();
+        vars.retain(|(key, _)| seen.insert(key.clone()));
+        vars.reverse();
         let config = notify_bridge::config::Config::from_vars(vars).expect("test config is valid");
 
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(notify_bridge::run(config, listener, shutdown.clone()));
+        let test_broker = settings
+            .test_broker
+            .clone()
+            .unwrap_or_else(|| broker_url().into());
         let publisher = if settings.rabbit {
-            Some(open_publisher().await)
+            Some(open_publisher_to(&test_broker).await)
         } else {
             None
         };
@@ -186,6 +300,7 @@ impl TestApp {
             exchange,
             queue,
             rabbit: settings.rabbit,
+            test_broker,
             shutdown,
             handle: Some(handle),
             publisher,
@@ -414,23 +529,33 @@ impl Drop for TestApp {
             drop(Topology {
                 exchange: self.exchange.clone(),
                 queue: self.queue.clone(),
+                broker: self.test_broker.clone(),
             });
         }
     }
 }
 
-/// Deletes an exchange and a queue (with its `.dlx` and `.dead`) when dropped, so tests leave
+/// Deletes an exchange and a queue (with its `.dlx`, `.dead`, `.log` stream and `.fanout`)
+/// when dropped, so tests leave
 /// nothing behind on the shared broker even when they fail.
 pub struct Topology {
     pub exchange: String,
     pub queue: String,
+    /// The broker it lives on.
+    pub broker: String,
 }
 
 impl Topology {
     pub fn fresh() -> Self {
+        Self::fresh_on(broker_url())
+    }
+
+    /// Fresh names on `broker` (an AMQP URL).
+    pub fn fresh_on(broker: &str) -> Self {
         Self {
             exchange: unique("nb-test-ex"),
             queue: unique("nb-test-q"),
+            broker: broker.to_owned(),
         }
     }
 }
@@ -438,7 +563,11 @@ impl Topology {
 impl Drop for Topology {
     fn drop(&mut self) {
         // On its own runtime: this may run on a runtime that is blocked or closing.
-        let (exchange, queue) = (self.exchange.clone(), self.queue.clone());
+        let (exchange, queue, broker) = (
+            self.exchange.clone(),
+            self.queue.clone(),
+            self.broker.clone(),
+        );
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -447,7 +576,7 @@ impl Drop for Topology {
             runtime.block_on(async move {
                 let _ = tokio::time::timeout(
                     Duration::from_secs(5),
-                    delete_topology(&exchange, &queue),
+                    delete_topology(&broker, &exchange, &queue),
                 )
                 .await;
             });
@@ -456,8 +585,8 @@ impl Drop for Topology {
     }
 }
 
-async fn delete_topology(exchange: &str, queue: &str) {
-    let Ok(connection) = Connection::connect(BROKER, ConnectionProperties::default()).await else {
+async fn delete_topology(broker: &str, exchange: &str, queue: &str) {
+    let Ok(connection) = Connection::connect(broker, ConnectionProperties::default()).await else {
         return;
     };
     if let Ok(channel) = connection.create_channel().await {
@@ -470,6 +599,7 @@ async fn delete_topology(exchange: &str, queue: &str) {
                 .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                 .await;
         }
+        // `.fanout`: the stream-less mode's exchange (contract v3 section 2).
         for e in [
             exchange.to_owned(),
             format!("{queue}.dlx"),
@@ -484,9 +614,19 @@ async fn delete_topology(exchange: &str, queue: &str) {
 }
 
 pub async fn open_publisher() -> (Connection, Channel) {
-    let connection = Connection::connect(BROKER, ConnectionProperties::default())
+    open_publisher_to(broker_url()).await
+}
+
+/// A connection to `broker` with a channel in confirm mode.
+pub async fn open_publisher_to(broker: &str) -> (Connection, Channel) {
+    let connection = Connection::connect(broker, ConnectionProperties::default())
         .await
-        .expect("RabbitMQ must run at 127.0.0.1:5672 (the test command starts it)");
+        .unwrap_or_else(|e| {
+            panic!(
+                "RabbitMQ must answer at {broker} (NB_TEST_AMQP_URL; `make test` starts the \
+                 local one): {e}"
+            )
+        });
     let channel = connection.create_channel().await.unwrap();
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -516,4 +656,99 @@ pub fn metric(text: &str, series: &str) -> f64 {
                 .and_then(|v| v.trim().parse().ok())
         })
         .unwrap_or_else(|| panic!("{series} not in:\n{text}"))
+}
+
+/// Messages of `queue` delivered and not yet acked, as the broker counts them (see
+/// [`queue_field`]).
+pub async fn queue_unacked(queue: &str) -> Option<u32> {
+    queue_field(queue, "messages_unacknowledged")
+        .await?
+        .parse()
+        .ok()
+}
+
+/// One figure of `queue` as the broker reports it (`type`, `messages_unacknowledged`, ...: the
+/// names are the same in the management API and `rabbitmqctl list_queues`): from the management
+/// API when [`management_url`] is set, else from `rabbitmqctl` on the local node. `None` when
+/// the queue or the figure is not there (yet: the management API refreshes its figures every
+/// `collect_statistics_interval`).
+pub async fn queue_field(queue: &str, field: &str) -> Option<String> {
+    if let Some(base) = management_url() {
+        let url = reqwest::Url::parse(base).expect("NB_TEST_MANAGEMENT_URL is a URL");
+        let user = match url.username() {
+            "" => "guest".to_owned(),
+            user => user.to_owned(),
+        };
+        let password = url.password().unwrap_or("guest").to_owned();
+        let mut api = url.clone();
+        let _ = api.set_username("");
+        let _ = api.set_password(None);
+        let vhost = vhost_of(broker_url());
+        api.path_segments_mut()
+            .ok()?
+            .pop_if_empty()
+            .extend(["api", "queues", &vhost, queue]);
+        let body: Value = reqwest::Client::new()
+            .get(api)
+            .basic_auth(user, Some(password))
+            .timeout(WAIT)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        return match &body[field] {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        };
+    }
+    assert_eq!(
+        broker_url(),
+        LOCAL_BROKER,
+        "set NB_TEST_MANAGEMENT_URL: rabbitmqctl only reads the local broker"
+    );
+    let output = tokio::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "--no-table-headers", "name", field])
+        .output()
+        .await
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split('\t');
+            (fields.next()? == queue).then(|| fields.next().map(str::to_owned))?
+        })
+}
+
+/// The vhost an AMQP URL names, decoded (`/` when it names none).
+fn vhost_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    match rest.split_once('/') {
+        Some((_, path)) if !path.is_empty() => {
+            let path = path.split('?').next().unwrap_or(path);
+            percent_decode(path)
+        }
+        _ => "/".into(),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

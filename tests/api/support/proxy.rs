@@ -1,6 +1,8 @@
 //! A TCP proxy in front of the real broker that a test can cut and restore: the daemon sees a
 //! real connection loss without the shared broker being stopped.
 
+use super::{broker_addr, broker_url_via};
+
 use std::net::SocketAddr;
 
 use tokio::io::copy_bidirectional;
@@ -14,7 +16,13 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub async fn start(target: &'static str) -> Proxy {
+    /// A proxy in front of the broker under test ([`super::broker_url`]).
+    pub async fn to_broker() -> Proxy {
+        Proxy::start(broker_addr()).await
+    }
+
+    pub async fn start(target: impl Into<String>) -> Proxy {
+        let target: std::sync::Arc<str> = target.into().into();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (up, _) = watch::channel(true);
@@ -22,11 +30,12 @@ impl Proxy {
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let mut state = states.subscribe();
+                let target = target.clone();
                 if !*state.borrow() {
                     continue; // dropped: the broker is "unreachable"
                 }
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                    let Ok(mut outbound) = TcpStream::connect(&*target).await else {
                         return;
                     };
                     tokio::select! {
@@ -40,7 +49,7 @@ impl Proxy {
     }
 
     pub fn url(&self) -> String {
-        format!("amqp://guest:guest@{}/%2f", self.addr)
+        broker_url_via(&self.addr.to_string())
     }
 
     pub fn cut(&self) {

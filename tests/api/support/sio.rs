@@ -187,6 +187,15 @@ impl SioClient {
             .expect("socket still open")
     }
 
+    /// The next notification, waiting at most `within` (for waits that may take longer than
+    /// [`WAIT`], such as a failover).
+    pub async fn next_within(&mut self, within: Duration) -> Value {
+        tokio::time::timeout(within, self.notifications.recv())
+            .await
+            .unwrap_or_else(|_| panic!("a notification within {within:?}"))
+            .expect("socket still open")
+    }
+
     /// Notifications until one of type `kind` arrives; returns those before it.
     pub async fn until_type(&mut self, kind: &str) -> Vec<Value> {
         let mut before = Vec::new();

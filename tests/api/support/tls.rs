@@ -52,15 +52,17 @@ impl TlsBroker {
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        let target: Arc<str> = super::broker_addr().into();
         tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
+                let target = target.clone();
                 tokio::spawn(async move {
                     // A client that rejects our certificate ends the handshake here.
                     let Ok(mut tls) = acceptor.accept(inbound).await else {
                         return;
                     };
-                    let Ok(mut broker) = TcpStream::connect("127.0.0.1:5672").await else {
+                    let Ok(mut broker) = TcpStream::connect(&*target).await else {
                         return;
                     };
                     let _ = copy_bidirectional(&mut tls, &mut broker).await;
@@ -71,7 +73,12 @@ impl TlsBroker {
     }
 
     pub fn url(&self) -> String {
-        format!("amqps://guest:guest@localhost:{}/%2f", self.port)
+        // The broker under test's credentials and vhost, through this endpoint.
+        let plain = super::broker_url_via(&format!("localhost:{}", self.port));
+        format!(
+            "amqps://{}",
+            plain.split_once("://").map_or(plain.as_str(), |(_, r)| r)
+        )
     }
 }
 
