@@ -805,7 +805,7 @@ fn trim_page(items: &mut Vec<(Room, Item)>, limit: usize, max_bytes: usize) {
 }
 
 /// Keeps the oldest of `items` within `max` items and `max_bytes` of payloads (at least one).
-fn keep_within(items: &mut Vec<Item>, max: usize, max_bytes: usize) {
+pub(crate) fn keep_within(items: &mut Vec<Item>, max: usize, max_bytes: usize) {
     let mut bytes = 0;
     let keep = items
         .iter()

@@ -10,7 +10,8 @@
 //!   the window or once it has as many items or bytes as its caller asked for (a join's round,
 //!   a poll's page); `RABBITMQ_REPLAY_MAX` bounds what it reads, its prefetch is sized in
 //!   bytes, replays queue first come, first served behind a small number of slots, and
-//!   replays that ask for the same range at the same time share one read.
+//!   a replay whose range a read under way covers (the same range, or one from a cursor further
+//!   back) shares that read.
 //!
 //! Stream filtering needs RabbitMQ 3.13, so records are filtered here, which also works on the
 //! 3.10 brokers this daemon supports.
@@ -381,6 +382,25 @@ impl Replayer {
         if let Some(read) = reading.get(&key).and_then(WeakShared::upgrade) {
             return (read, false);
         }
+        self.start(&mut reading, key)
+    }
+
+    /// A read under way of the same room that covers `key`'s range (from a cursor further
+    /// back, up to the same window or further): dashboards rejoining with cursors of their own
+    /// after a restart read the stream once.
+    fn covering(&self, key: &ReadKey) -> Option<Shared<SharedRead>> {
+        let reading = self.reading.lock().unwrap_or_else(|p| p.into_inner());
+        reading
+            .iter()
+            .filter(|(k, _)| k.room == key.room && k.after <= key.after && k.upto >= key.upto)
+            .find_map(|(_, read)| read.upgrade())
+    }
+
+    fn start(
+        &self,
+        reading: &mut HashMap<ReadKey, WeakShared<SharedRead>>,
+        key: ReadKey,
+    ) -> (Shared<SharedRead>, bool) {
         reading.retain(|_, read| read.upgrade().is_some());
         let read = read_shared(self.pipeline.clone(), key.clone())
             .boxed()
@@ -406,8 +426,14 @@ impl DeepHistory for Replayer {
             upto,
             limits,
         };
-        let (read, first) = self.read_of(key);
+        let covering = self.covering(&key);
         Box::pin(async move {
+            if let Some(read) = covering
+                && let Some(fetched) = derive(&*read.await?, after, upto, limits)
+            {
+                return Ok(fetched);
+            }
+            let (read, first) = self.read_of(key);
             let fetched = read.await?;
             let mut fetched = Fetched::clone(&fetched);
             if !first {
@@ -416,6 +442,32 @@ impl DeepHistory for Replayer {
             Ok(fetched)
         })
     }
+}
+
+/// What a read of a wider range says about `(after, upto]` within `limits`, when it says all
+/// of it: the range was read to its end, or `limits` cut it inside what was read. Shared: no
+/// records charged.
+fn derive(read: &Fetched, after: u64, upto: u64, limits: FetchLimits) -> Option<Fetched> {
+    let mut items: Vec<Item> = read
+        .items
+        .iter()
+        .filter(|item| item.id > after && item.id <= upto)
+        .cloned()
+        .collect();
+    let found = items.len();
+    crate::fanout::keep_within(&mut items, limits.items, limits.bytes);
+    let through = if items.len() < found {
+        items.last()?.id
+    } else if read.through >= upto {
+        upto
+    } else {
+        return None;
+    };
+    Some(Fetched {
+        items,
+        through,
+        records: 0,
+    })
 }
 
 /// One read of the stream, which any number of replays may wait for.
@@ -613,5 +665,58 @@ mod tests {
         assert!(replay_prefetch(64) >= 200);
         // Huge messages: still a few records at a time.
         assert_eq!(replay_prefetch(64 << 20), 4);
+    }
+
+    fn item(id: u64) -> Item {
+        let source = crate::envelope::Source {
+            category: crate::envelope::CategoryFrom::RoutingKey("notification.customer"),
+            message_id: None,
+            timestamp: None,
+        };
+        let limits = crate::envelope::Limits {
+            max_bytes: 1 << 20,
+            max_rooms: 10,
+        };
+        let body = br#"{"type":"t","recipients":[1]}"#;
+        Item {
+            id,
+            envelope: Arc::new(crate::envelope::parse(body, source, &limits).unwrap()),
+        }
+    }
+
+    fn ids(fetched: &Fetched) -> Vec<u64> {
+        fetched.items.iter().map(|item| item.id).collect()
+    }
+
+    #[test]
+    fn a_wider_read_answers_a_narrower_range_only_when_it_says_all_of_it() {
+        let wide = |limits: usize| FetchLimits {
+            items: limits,
+            bytes: usize::MAX,
+        };
+        // Ids 10, 20, .. 100 of the room, read to the end of (0, 100].
+        let read = Fetched {
+            items: (1..=10).map(|n| item(n * 10)).collect(),
+            through: 100,
+            records: 400,
+        };
+        let narrower = derive(&read, 35, 80, wide(100)).unwrap();
+        assert_eq!(ids(&narrower), [40, 50, 60, 70, 80]);
+        assert_eq!(narrower.through, 80);
+        assert_eq!(narrower.records, 0, "shared reads are not charged");
+        // Cut by its own limit inside what was read.
+        let cut = derive(&read, 35, 100, wide(2)).unwrap();
+        assert_eq!((ids(&cut), cut.through), (vec![40, 50], 50));
+
+        // A read that stopped at 60 (its own limit) says nothing past 60.
+        let short = Fetched {
+            items: (1..=6).map(|n| item(n * 10)).collect(),
+            through: 60,
+            records: 200,
+        };
+        assert!(derive(&short, 35, 100, wide(100)).is_none());
+        let within = derive(&short, 35, 100, wide(2)).unwrap();
+        assert_eq!((ids(&within), within.through), (vec![40, 50], 50));
+        assert_eq!(derive(&short, 0, 60, wide(100)).unwrap().through, 60);
     }
 }
