@@ -3,7 +3,6 @@
 //! that does not grow).
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -12,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::support::daemon::Daemon;
 use crate::support::sio::TokenVia;
 use crate::support::{Settings, SioClient, TestApp, WAIT, metric};
 
@@ -123,64 +123,6 @@ async fn an_explicit_opt_out_or_real_auth_may_sit_behind_a_proxy() {
     }
 }
 
-/// The daemon binary on a free loopback port with `vars` (and a clean environment), once it
-/// answers `/healthz`. Killed when dropped.
-struct Daemon {
-    child: std::process::Child,
-    addr: SocketAddr,
-}
-
-impl Daemon {
-    async fn start(vars: &[(&str, &str)]) -> Daemon {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("nb-adversarial-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_notify-bridge"));
-        command
-            .env_clear()
-            .current_dir(&dir)
-            .env("PORT", port.to_string())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for (k, v) in vars {
-            command.env(k, v);
-        }
-        let daemon = Daemon {
-            child: command.spawn().expect("binary starts"),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        };
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect(daemon.addr).await.is_err() {
-            assert!(Instant::now() < deadline, "the daemon never listened");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        daemon
-    }
-
-    /// Resident memory of the daemon process, in bytes.
-    fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS");
-        kib * 1024
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A raw TCP connection upgraded to a websocket on the Socket.IO path.
 async fn raw_websocket(addr: SocketAddr) -> TcpStream {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
@@ -211,7 +153,8 @@ async fn raw_websocket(addr: SocketAddr) -> TcpStream {
 async fn a_frame_header_declaring_16_mib_closes_the_connection_before_its_payload_is_read() {
     const CONNECTIONS: usize = 10;
     const SENT_EACH: usize = 4 << 20;
-    let daemon = Daemon::start(&[]).await;
+    let mut daemon = Daemon::builder().var("RUST_LOG", "warn").start();
+    daemon.wait_listening().await;
     let before = daemon.rss();
 
     let attacks = (0..CONNECTIONS).map(|_| async {
@@ -576,42 +519,19 @@ async fn pages_cannot_be_framed_sniffed_or_leak_their_address() {
     app.stop().await;
 }
 
-/// The binary with `vars`; its exit status and stderr, or `None` if it was still running
+/// The binary with `vars`: its exit status and log, or `None` if it was still running
 /// (serving) after the wait, when it is killed.
-fn run_binary(vars: &[(&str, &str)]) -> Option<(Option<i32>, String)> {
-    let dir = std::env::temp_dir().join(format!("nb-weak-secret-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_notify-bridge"));
-    command
-        .env_clear()
-        .current_dir(&dir)
-        .env("PORT", "0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in vars {
-        command.env(k, v);
-    }
-    let mut child = command.spawn().expect("binary runs");
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            let out = child.wait_with_output().unwrap();
-            return Some((
-                out.status.code(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
+async fn run_binary(vars: &[(&str, &str)]) -> Option<(Option<i32>, String)> {
+    let mut daemon = Daemon::builder().vars(vars).start();
+    let status = daemon.wait_exit_within(WAIT).await?;
+    Some((status.code(), daemon.lines().join("\n")))
 }
 
-#[test]
-fn a_weak_or_example_secret_on_a_public_host_refuses_to_start() {
+#[tokio::test]
+async fn a_weak_or_example_secret_on_a_public_host_refuses_to_start() {
     for secret in ["hunter2", "change-me-to-a-long-random-secret"] {
         let (code, stderr) = run_binary(&[("HOST", "0.0.0.0"), ("JWT_SECRET", secret)])
+            .await
             .unwrap_or_else(|| panic!("JWT_SECRET={secret} on 0.0.0.0: the daemon started"));
         assert_eq!(code, Some(2), "{secret}: {stderr}");
         assert!(stderr.contains("JWT_SECRET"), "{stderr}");

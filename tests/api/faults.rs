@@ -1,20 +1,18 @@
 //! Broker faults, restarts, bad neighbours (issue: it keeps working through all of them).
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
+use crate::support::daemon::Daemon;
 use crate::support::proxy::Proxy;
 use crate::support::sio::{SioClient, TokenVia, stalled_socket};
 use crate::support::{
-    Settings, TestApp, Topology, WAIT, broker_vars, message_id, metric, open_publisher,
-    queue_unacked, unique,
+    Settings, TestApp, Topology, WAIT, message_id, metric, open_publisher, queue_unacked, unique,
 };
 
 fn through(proxy: &Proxy) -> Settings {
@@ -311,98 +309,21 @@ async fn a_stalled_client_holds_up_no_one_and_is_closed_at_once() {
     app.stop().await;
 }
 
-/// The real binary on a free port. Its stderr is always drained (a full pipe would block the
-/// daemon's logging) and forwarded line by line to `log`.
-pub(crate) struct Daemon {
-    pub child: tokio::process::Child,
-    pub base: String,
-    pub port: u16,
-    log: tokio::sync::mpsc::UnboundedReceiver<String>,
-}
-
-impl Daemon {
-    pub(crate) fn start(vars: &[(&str, &str)]) -> Daemon {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port, vars)
-    }
-
-    /// On `port`: a restarted daemon where its clients left the last one.
-    pub(crate) fn start_on(port: u16, vars: &[(&str, &str)]) -> Daemon {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_notify-bridge"));
-        command
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("PORT", port.to_string())
-            .env("PUBLIC_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/public"))
-            // The broker under test; a test's own RABBITMQ_URL (set below) wins.
-            .envs(broker_vars())
-            .current_dir(std::env::temp_dir())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (k, v) in vars {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let (tx, log) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let echo = std::env::var_os("TEST_LOG").is_some();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if echo {
-                    eprintln!("[daemon] {line}");
-                }
-                let _ = tx.send(line);
-            }
-        });
-        Daemon {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            port,
-            log,
-        }
-    }
-
-    pub(crate) async fn wait_ready(&self) {
-        let client = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + WAIT * 2;
-        while tokio::time::Instant::now() < deadline {
-            if let Ok(r) = client.get(format!("{}/readyz", self.base)).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the daemon never became ready");
-    }
-
-    pub(crate) fn signal(&self, signal: &str) {
-        let pid = self.child.id().unwrap().to_string();
-        let status = std::process::Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
 #[tokio::test]
 async fn sigterm_with_deliveries_in_flight_loses_nothing_and_exits_zero() {
     let topology = Topology::fresh();
-    let mut daemon = Daemon::start(&[
-        ("ENABLE_RABBITMQ", "true"),
-        ("RABBITMQ_EXCHANGE", &topology.exchange),
-        ("RABBITMQ_QUEUE", &topology.queue),
-        ("RABBITMQ_PREFETCH", "50"),
-    ]);
+    let mut daemon = Daemon::builder()
+        .public_dir()
+        .broker()
+        .vars(&[
+            ("ENABLE_RABBITMQ", "true"),
+            ("RABBITMQ_EXCHANGE", &topology.exchange),
+            ("RABBITMQ_QUEUE", &topology.queue),
+            ("RABBITMQ_PREFETCH", "50"),
+        ])
+        .start();
     daemon.wait_ready().await;
-    let addr = format!("127.0.0.1:{}", daemon.port).parse().unwrap();
-    let mut cms = SioClient::connect(addr, None, TokenVia::Auth)
+    let mut cms = SioClient::connect(daemon.addr, None, TokenVia::Auth)
         .await
         .unwrap();
     assert_eq!(cms.join("cms:dashboard").await["ok"], true);
@@ -437,12 +358,8 @@ async fn sigterm_with_deliveries_in_flight_loses_nothing_and_exits_zero() {
     while received.len() < 200 {
         received.push(cms.next().await["data"]["n"].as_u64().unwrap());
     }
-    daemon.signal("-TERM");
-    let status = tokio::time::timeout(WAIT, daemon.child.wait())
-        .await
-        .expect("exits within the shutdown timeout")
-        .unwrap();
-    assert!(status.success(), "exit status {status:?}");
+    // Exits 0 within the shutdown timeout.
+    daemon.stop().await;
     // The daemon closes our socket on the way out; collect what it emitted before that.
     received.extend(
         cms.until_closed(WAIT)
@@ -489,35 +406,24 @@ async fn sigterm_with_deliveries_in_flight_loses_nothing_and_exits_zero() {
 #[tokio::test]
 async fn the_broker_password_never_reaches_the_logs() {
     // Nothing listens on port 1: every attempt fails and is logged.
-    let mut daemon = Daemon::start(&[
-        ("ENABLE_RABBITMQ", "true"),
-        (
-            "RABBITMQ_URL",
-            "amqp://bridge:hunter2-s3cret@127.0.0.1:1/%2f",
-        ),
-        ("RUST_LOG", "debug"),
-    ]);
-    let mut log = String::new();
-    loop {
-        let line = tokio::time::timeout(WAIT, daemon.log.recv())
-            .await
-            .expect("a log line in time")
-            .expect("still running");
-        log.push_str(&line);
-        log.push('\n');
-        if line.contains("RabbitMQ at") {
-            break;
-        }
-    }
-    daemon.signal("-INT");
-    let status = tokio::time::timeout(WAIT, daemon.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    // The sender closes when the process's stderr does.
-    while let Some(line) = daemon.log.recv().await {
-        log.push_str(&line);
-    }
+    let mut daemon = Daemon::builder()
+        .public_dir()
+        .broker()
+        .vars(&[
+            ("ENABLE_RABBITMQ", "true"),
+            (
+                "RABBITMQ_URL",
+                "amqp://bridge:hunter2-s3cret@127.0.0.1:1/%2f",
+            ),
+            ("RUST_LOG", "debug"),
+        ])
+        .start();
+    daemon
+        .wait_line("about the broker", |line| line.contains("RabbitMQ at"))
+        .await;
+    daemon.signal("INT");
+    let status = daemon.wait_exit().await;
+    let log = daemon.lines().join("\n");
     assert!(
         status.success(),
         "SIGINT exits 0 even while the broker is away"
@@ -528,17 +434,12 @@ async fn the_broker_password_never_reaches_the_logs() {
 
 #[tokio::test]
 async fn log_format_json_writes_one_json_object_per_line() {
-    let mut daemon = Daemon::start(&[("LOG_FORMAT", "json")]);
+    let mut daemon = Daemon::builder().public_dir().broker().json_logs().start();
     daemon.wait_ready().await;
-    daemon.signal("-TERM");
-    let status = tokio::time::timeout(WAIT, daemon.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success());
+    let log = daemon.stop().await;
     let mut lines = 0;
-    while let Some(line) = daemon.log.recv().await {
-        let entry: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    for line in &log {
+        let entry: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         assert!(
             entry["level"].is_string() && entry["message"].is_string(),
             "{line}"

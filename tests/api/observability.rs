@@ -4,16 +4,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
+use crate::support::daemon::Daemon;
 use crate::support::proxy::Proxy;
 use crate::support::sio::{SioClient, TokenVia};
 use crate::support::{
@@ -388,7 +387,7 @@ fn the_documented_defaults_are_the_daemon_s_defaults() {
     }
 }
 
-/// A `service` token for [`SECRET`], which [`Daemon`] runs with.
+/// A `service` token for [`SECRET`], which [`start_daemon`] runs with.
 fn service_token() -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
@@ -398,117 +397,17 @@ fn service_token() -> String {
     .unwrap()
 }
 
-/// The real binary on a free port, its stderr forwarded line by line.
-struct Daemon {
-    child: tokio::process::Child,
-    base: String,
-    log: mpsc::UnboundedReceiver<String>,
-    /// Every line read from `log` so far.
-    seen: Vec<String>,
-}
-
-impl Daemon {
-    fn start(vars: &[(&str, &str)]) -> Daemon {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_notify-bridge"));
-        command
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("PORT", port.to_string())
-            .env("PUBLIC_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/public"))
-            .env("JWT_SECRET", SECRET)
-            .env("LOG_FORMAT", "json")
-            .env("RABBITMQ_RECONNECT_MAX_MS", "500")
-            // The broker under test; a test's own RABBITMQ_URL (set below) wins.
-            .envs(crate::support::broker_vars())
-            .current_dir(std::env::temp_dir())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (k, v) in vars {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let (tx, log) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let echo = std::env::var_os("TEST_LOG").is_some();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if echo {
-                    eprintln!("[daemon] {line}");
-                }
-                let _ = tx.send(line);
-            }
-        });
-        Daemon {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits (bounded) for a log line that satisfies `accept`; returns it as JSON.
-    async fn wait_log(&mut self, what: &str, accept: impl Fn(&Value) -> bool) -> Value {
-        let found = tokio::time::timeout(WAIT * 2, async {
-            while let Some(line) = self.log.recv().await {
-                self.seen.push(line.clone());
-                if let Ok(event) = serde_json::from_str::<Value>(&line)
-                    && accept(&event)
-                {
-                    return Some(event);
-                }
-            }
-            None
-        })
-        .await;
-        match found {
-            Ok(Some(event)) => event,
-            _ => panic!("no log line {what}; the log:\n{}", self.seen.join("\n")),
-        }
-    }
-
-    /// Takes the lines logged so far without waiting.
-    fn drain(&mut self) {
-        while let Ok(line) = self.log.try_recv() {
-            self.seen.push(line);
-        }
-    }
-
-    async fn metrics(&self) -> String {
-        reqwest::get(format!("{}/metrics", self.base))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
-    async fn stop(mut self) -> Vec<String> {
-        let pid = self.child.id().unwrap().to_string();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let exit = tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .expect("the daemon exits in time")
-            .unwrap();
-        assert!(exit.success(), "{exit:?}");
-        // Bounded: the pipe closes once the daemon has exited.
-        let _ = tokio::time::timeout(WAIT, async {
-            while let Some(line) = self.log.recv().await {
-                self.seen.push(line);
-            }
-        })
-        .await;
-        self.seen
-    }
+/// The real binary on a free port, logging JSON, with [`SECRET`], quick broker retries and
+/// the broker under test, plus `vars`.
+fn start_daemon(vars: &[(&str, &str)]) -> Daemon {
+    Daemon::builder()
+        .public_dir()
+        .json_logs()
+        .var("JWT_SECRET", SECRET)
+        .var("RABBITMQ_RECONNECT_MAX_MS", "500")
+        .broker()
+        .vars(vars)
+        .start()
 }
 
 fn level(event: &Value) -> &str {
@@ -524,7 +423,7 @@ async fn a_broker_outage_logs_one_warn_then_one_info_and_no_error() {
     let proxy = Proxy::to_broker().await;
     let topology = Topology::fresh();
     let url = proxy.url();
-    let mut daemon = Daemon::start(&[
+    let mut daemon = start_daemon(&[
         ("ENABLE_RABBITMQ", "true"),
         ("RABBITMQ_URL", &url),
         ("RABBITMQ_EXCHANGE", &topology.exchange),
@@ -533,7 +432,7 @@ async fn a_broker_outage_logs_one_warn_then_one_info_and_no_error() {
     daemon
         .wait_log("consuming", |e| message(e) == "consuming from RabbitMQ")
         .await;
-    let before = daemon.seen.len();
+    let before = daemon.lines().len();
 
     proxy.cut();
     let warn = daemon
@@ -559,12 +458,12 @@ async fn a_broker_outage_logs_one_warn_then_one_info_and_no_error() {
     assert_eq!(level(&info), "INFO");
     daemon.drain();
 
-    let outage: Vec<Value> = daemon.seen[before..]
+    let outage: Vec<Value> = daemon.lines()[before..]
         .iter()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
     let count = |wanted: &str| outage.iter().filter(|e| level(e) == wanted).count();
-    let log = daemon.seen[before..].join("\n");
+    let log = daemon.lines()[before..].join("\n");
     assert_eq!(
         count("ERROR"),
         0,
@@ -633,7 +532,7 @@ fn attribute(span: &Value, key: &str) -> Option<String> {
 async fn a_published_traceparent_parents_the_delivery_span_with_its_attributes() {
     let (endpoint, mut bodies) = otlp_receiver().await;
     let topology = Topology::fresh();
-    let mut daemon = Daemon::start(&[
+    let mut daemon = start_daemon(&[
         ("ENABLE_RABBITMQ", "true"),
         ("RABBITMQ_EXCHANGE", &topology.exchange),
         ("RABBITMQ_QUEUE", &topology.queue),

@@ -3,10 +3,8 @@
 //! included, as JavaScript; the versioned client bundle is cached as immutable, the rest is
 //! revalidated.
 
-use std::process::Stdio;
-use std::time::Duration;
-
-use crate::support::{WAIT, unique};
+use crate::support::daemon::Daemon;
+use crate::support::unique;
 
 /// The relative module imports (`src="…"`, `from './…'`, `import './…'`) of a page or module.
 fn relative_imports(text: &str) -> Vec<String> {
@@ -30,28 +28,15 @@ async fn a_copied_binary_alone_serves_the_dashboard_and_the_bundle_it_imports() 
     std::fs::create_dir_all(&dir).unwrap();
     let binary = dir.join("notify-bridge");
     std::fs::copy(env!("CARGO_BIN_EXE_notify-bridge"), &binary).expect("copy the binary");
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let mut child = tokio::process::Command::new(&binary)
-        .current_dir(&dir)
-        .env_clear()
-        .env("HOST", "127.0.0.1")
-        .env("PORT", port.to_string())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the copied binary starts");
-    let base = format!("http://127.0.0.1:{port}");
+    let mut daemon = Daemon::builder()
+        .binary(&binary)
+        .dir(&dir)
+        .var("HOST", "127.0.0.1")
+        .var("RUST_LOG", "warn")
+        .start();
+    daemon.wait_listening().await;
+    let base = daemon.base.clone();
     let client = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "never listened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     let page = client
         .get(format!("{base}/dashboard.html"))
@@ -128,6 +113,6 @@ async fn a_copied_binary_alone_serves_the_dashboard_and_the_bundle_it_imports() 
         .await
         .unwrap();
     assert_eq!(missing.status(), 404);
-    child.kill().await.unwrap();
+    drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,7 +9,7 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{ChildStdout, Command};
 
-use crate::faults::Daemon;
+use crate::support::daemon::Daemon;
 use crate::support::{TestApp, Topology, WAIT};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/reconnect.py");
@@ -98,7 +98,7 @@ async fn python_socketio_reconnects_by_itself_after_a_sigterm_restart_and_misses
         ("RABBITMQ_EXCHANGE", topology.exchange.as_str()),
         ("RABBITMQ_QUEUE", topology.queue.as_str()),
     ];
-    let mut first = Daemon::start(&vars);
+    let mut first = Daemon::builder().public_dir().broker().vars(&vars).start();
     first.wait_ready().await;
     let port = first.port;
     let publisher = TestApp::publisher_for(&topology.exchange).await;
@@ -130,17 +130,18 @@ async fn python_socketio_reconnects_by_itself_after_a_sigterm_restart_and_misses
     }
 
     // A rolling deploy: SIGTERM, then the next instance on the same address.
-    first.signal("-TERM");
-    let status = tokio::time::timeout(WAIT, first.child.wait())
-        .await
-        .expect("the daemon stops in time")
-        .unwrap();
-    assert!(status.success(), "{status}");
+    // Stops in time, with exit status 0.
+    first.stop().await;
     for n in 4..7 {
         // Published while no instance runs: the queue keeps them.
         publish(n).await;
     }
-    let second = Daemon::start_on(port, &vars);
+    let mut second = Daemon::builder()
+        .port(port)
+        .public_dir()
+        .broker()
+        .vars(&vars)
+        .start();
     second.wait_ready().await;
     for (client, seen) in clients.iter_mut().zip(&mut seen) {
         // Reconnected by itself, and joined again after its last id.

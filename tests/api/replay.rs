@@ -11,7 +11,7 @@ use lapin::options::BasicPublishOptions;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::faults::Daemon;
+use crate::support::daemon::Daemon;
 use crate::support::sio::TokenVia;
 use crate::support::{SECRET, Settings, SioClient, TestApp, WAIT, metric, token};
 
@@ -546,15 +546,9 @@ async fn one_token_flooding_old_cursors_is_rate_limited_and_others_keep_their_pa
     app.stop().await;
 }
 
-/// The daemon's peak resident memory so far, from `/proc`.
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
-    kib / 1024.0
+/// Bytes, in MiB.
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
 #[tokio::test]
@@ -568,25 +562,27 @@ async fn large_records_and_parallel_polls_keep_peak_memory_bounded() {
     let count = 1000;
     publish_numbered(&app, "69", count, 122_000, &token).await;
     let (exchange, queue) = (app.exchange.clone(), app.queue.clone());
-    let daemon = Daemon::start(&[
-        ("ENABLE_RABBITMQ", "true"),
-        ("RABBITMQ_URL", crate::support::broker_url()),
-        ("RABBITMQ_EXCHANGE", &exchange),
-        ("RABBITMQ_QUEUE", &queue),
-        ("RABBITMQ_REBUILD_MAX_AGE", "1s"),
-        ("JWT_SECRET", SECRET),
-        ("HISTORY_PER_ROOM", "5"),
-        ("HISTORY_MAX_BYTES", "8388608"),
-        ("RUST_LOG", "warn"),
-    ]);
-    let mut daemon = daemon;
+    let mut daemon = Daemon::builder()
+        .public_dir()
+        .broker()
+        .vars(&[
+            ("ENABLE_RABBITMQ", "true"),
+            ("RABBITMQ_URL", crate::support::broker_url()),
+            ("RABBITMQ_EXCHANGE", &exchange),
+            ("RABBITMQ_QUEUE", &queue),
+            ("RABBITMQ_REBUILD_MAX_AGE", "1s"),
+            ("JWT_SECRET", SECRET),
+            ("HISTORY_PER_ROOM", "5"),
+            ("HISTORY_MAX_BYTES", "8388608"),
+            ("RUST_LOG", "warn"),
+        ])
+        .start();
     daemon.wait_ready().await;
     assert!(
-        daemon.child.try_wait().unwrap().is_none(),
+        daemon.is_running(),
         "the daemon exited (another process took its port?)"
     );
-    let pid = daemon.child.id().unwrap();
-    let before = peak_rss_mib(pid);
+    let before = mib(daemon.peak_rss());
     let client = reqwest::Client::new();
     let read_all = |cursor: String| {
         let (client, base, token) = (client.clone(), daemon.base.clone(), token.clone());
@@ -616,7 +612,7 @@ async fn large_records_and_parallel_polls_keep_peak_memory_bounded() {
         }
     };
     let seen = futures_util::future::join_all((0..4).map(|_| read_all(cursor.clone()))).await;
-    let peak = peak_rss_mib(pid);
+    let peak = mib(daemon.peak_rss());
     println!(
         "{count} records of 122 KB, 4 parallel pollers: peak RSS {before:.0} MiB at ready, {peak:.0} MiB after"
     );

@@ -1,33 +1,22 @@
 //! The binary refuses bad configuration at start, naming the variable (contract section 1).
 
-use std::process::{Command, Output};
+use std::process::ExitStatus;
 
-fn run_with(vars: &[(&str, &str)]) -> Output {
-    // An empty working directory, so no .env file is picked up, and a clean environment.
-    let dir = std::env::temp_dir().join(format!("nb-startup-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_notify-bridge"));
-    command
-        .env_clear()
-        .current_dir(&dir)
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (k, v) in vars {
-        command.env(k, v);
-    }
+use crate::support::daemon::Daemon;
+
+/// The binary with `vars` (in an empty directory, so no .env file is picked up, and a clean
+/// environment): its exit status and log.
+async fn run_with(vars: &[(&str, &str)]) -> (ExitStatus, String) {
     // Bad configuration exits at once; a start that is wrongly accepted is caught by the
-    // port: 1 is privileged and unbindable here, so even then the process ends.
-    command.env(
-        "PORT",
-        vars.iter()
-            .find(|(k, _)| *k == "PORT")
-            .map(|(_, v)| *v)
-            .unwrap_or("1"),
-    );
-    command.output().expect("binary runs")
+    // port: 1 is privileged and unbindable here, so even then the process ends. A `PORT` in
+    // `vars` comes later, and wins.
+    let mut daemon = Daemon::builder().port(1).vars(vars).start();
+    let status = daemon.wait_exit().await;
+    (status, daemon.lines().join("\n"))
 }
 
-#[test]
-fn a_bad_value_exits_non_zero_naming_the_variable() {
+#[tokio::test]
+async fn a_bad_value_exits_non_zero_naming_the_variable() {
     for (var, value) in [
         ("PORT", "eighty"),
         ("ENABLE_RABBITMQ", "yes"),
@@ -37,9 +26,8 @@ fn a_bad_value_exits_non_zero_naming_the_variable() {
         ("POLL_INTERVAL_MS", "x"),
         ("LOG_FORMAT", "xml"),
     ] {
-        let out = run_with(&[(var, value)]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{var}={value} was accepted");
+        let (status, stderr) = run_with(&[(var, value)]).await;
+        assert!(!status.success(), "{var}={value} was accepted");
         assert!(
             stderr.contains(var),
             "{var}={value}: stderr does not name it: {stderr}"
@@ -47,10 +35,9 @@ fn a_bad_value_exits_non_zero_naming_the_variable() {
     }
 }
 
-#[test]
-fn a_public_host_without_jwt_secret_refuses_to_start() {
-    let out = run_with(&[("HOST", "0.0.0.0")]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+#[tokio::test]
+async fn a_public_host_without_jwt_secret_refuses_to_start() {
+    let (status, stderr) = run_with(&[("HOST", "0.0.0.0")]).await;
+    assert!(!status.success());
     assert!(stderr.contains("JWT_SECRET"), "{stderr}");
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::faults::Daemon;
+use crate::support::daemon::Daemon;
 use crate::support::sio::{SioClient, TokenVia};
 use crate::support::{
     SECRET, Settings, TestApp, Topology, WAIT, message_id, metric, requires_stream, token,
@@ -327,14 +327,13 @@ async fn kill_9_of_the_active_instance_mid_stream_loses_nothing_and_shows_nothin
         ("RABBITMQ_QUEUE", topology.queue.as_str()),
         ("RABBITMQ_RECONNECT_MAX_MS", "500"),
     ];
-    let mut first = Daemon::start(&vars);
+    let mut first = Daemon::builder().public_dir().broker().vars(&vars).start();
     first.wait_ready().await;
-    let second = Daemon::start(&vars);
+    let mut second = Daemon::builder().public_dir().broker().vars(&vars).start();
     second.wait_ready().await;
     // A watcher on the survivor.
-    let addr = format!("127.0.0.1:{}", second.port).parse().unwrap();
     let cms = token(json!({ "sub": "ops", "role": "cms" }));
-    let mut watcher = SioClient::connect(addr, Some(&cms), TokenVia::Auth)
+    let mut watcher = SioClient::connect(second.addr, Some(&cms), TokenVia::Auth)
         .await
         .unwrap();
     assert_eq!(watcher.join("cms:stations").await["ok"], true);
@@ -356,8 +355,8 @@ async fn kill_9_of_the_active_instance_mid_stream_loses_nothing_and_shows_nothin
         seen.push(watcher.next().await["data"]["n"].as_u64().unwrap());
     }
     // The first started first, so it is the single active consumer.
-    first.signal("-KILL");
-    let _ = first.child.wait().await;
+    first.signal("KILL");
+    first.wait_exit().await;
     producer.await.unwrap();
     while seen.len() < TOTAL as usize {
         // The survivor takes over (bounded by WAIT * 3, not next()'s WAIT: a loaded machine

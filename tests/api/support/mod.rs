@@ -4,6 +4,7 @@
 //! The broker is the local one unless the environment names another (see [`broker_url`],
 //! [`management_url`], [`stream_off`]), so the same suite runs against any broker.
 
+pub mod daemon;
 pub mod proxy;
 pub mod sio;
 pub mod tls;
