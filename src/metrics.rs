@@ -352,6 +352,7 @@ impl Metrics {
             &dead_lettered,
             &deduplicated,
             &joins_refused,
+            &connections_refused,
             &records_refused,
             &sockets,
         );
@@ -492,6 +493,7 @@ fn present_from_the_start(
     dead_lettered: &Family<DeadLetterLabels, Counter>,
     deduplicated: &Family<CategoryLabels, Counter>,
     joins_refused: &Family<ReasonLabels, Counter>,
+    connections_refused: &Family<ReasonLabels, Counter>,
     records_refused: &Family<ReasonLabels, Counter>,
     sockets: &Family<TransportLabels, Gauge>,
 ) {
@@ -506,6 +508,10 @@ fn present_from_the_start(
     }
     for reason in REJECTIONS {
         let _ = records_refused.get_or_create(&ReasonLabels { reason });
+    }
+    // The `connect_error` messages (contract section 5).
+    for reason in ["unauthorized", "server_full", "too_many_connections"] {
+        let _ = connections_refused.get_or_create(&ReasonLabels { reason });
     }
     for reason in JOIN_REFUSALS.into_iter().chain(["other"]) {
         let _ = joins_refused.get_or_create(&ReasonLabels { reason });

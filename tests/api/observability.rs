@@ -50,6 +50,33 @@ fn exposed(text: &str) -> BTreeSet<String> {
 }
 
 #[tokio::test]
+async fn a_fresh_daemon_lists_every_metric_the_dashboard_and_the_alerts_name_before_any_traffic() {
+    // An alert on a rate sees nothing until its series exists: every family, with its known
+    // labels at zero, is there from the start.
+    let app = TestApp::spawn(Settings::rabbit()).await;
+    let text = app.metrics().await;
+    let live = exposed(&text);
+    for file in [
+        "deploy/grafana/notify-bridge.json",
+        "deploy/prometheus/alerts.yaml",
+    ] {
+        let named = metric_names(&std::fs::read_to_string(Path::new(ROOT).join(file)).unwrap());
+        let missing: Vec<_> = named.difference(&live).collect();
+        assert!(
+            missing.is_empty(),
+            "{file} names metrics a fresh daemon does not list: {missing:?}\n{text}"
+        );
+    }
+    assert_eq!(
+        metric(
+            &text,
+            "notify_bridge_notifications_dead_lettered_total{category=\"session\",reason=\"not_json\"}"
+        ),
+        0.0
+    );
+}
+
+#[tokio::test]
 async fn every_metric_the_dashboard_and_the_alerts_name_is_exposed_by_a_live_daemon() {
     let app = TestApp::spawn(Settings::rabbit()).await;
     // A little of everything, so that labelled families have series.
