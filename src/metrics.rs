@@ -346,18 +346,8 @@ impl Metrics {
             "Records of the shared log skipped because a producer could not have sent them",
             records_refused.clone(),
         );
-        present_from_the_start(
-            &consumed,
-            &emitted,
-            &dead_lettered,
-            &deduplicated,
-            &joins_refused,
-            &connections_refused,
-            &records_refused,
-            &sockets,
-        );
 
-        Self {
+        let metrics = Self {
             registry,
             process,
             connections_refused,
@@ -390,6 +380,40 @@ impl Metrics {
             http_requests,
             sockets_disconnected,
             records_refused,
+        };
+        metrics.present_from_the_start();
+        metrics
+    }
+
+    /// Every known label value of the labelled families at zero, so that a fresh daemon's
+    /// `/metrics` lists every family the dashboard and the alerts name: a rate over a series
+    /// that does not exist yet is no rate at all.
+    fn present_from_the_start(&self) {
+        for category in CATEGORIES {
+            let labels = CategoryLabels { category };
+            let _ = self.consumed.get_or_create(&labels);
+            let _ = self.emitted.get_or_create(&labels);
+            let _ = self.deduplicated.get_or_create(&labels);
+            for reason in REJECTIONS {
+                let _ = self
+                    .dead_lettered
+                    .get_or_create(&DeadLetterLabels { category, reason });
+            }
+        }
+        for reason in REJECTIONS {
+            let _ = self.records_refused.get_or_create(&ReasonLabels { reason });
+        }
+        // The `connect_error` messages (contract section 5).
+        for reason in ["unauthorized", "server_full", "too_many_connections"] {
+            let _ = self
+                .connections_refused
+                .get_or_create(&ReasonLabels { reason });
+        }
+        for reason in JOIN_REFUSALS.into_iter().chain(["other"]) {
+            let _ = self.joins_refused.get_or_create(&ReasonLabels { reason });
+        }
+        for transport in ["websocket", "polling"] {
+            let _ = self.sockets.get_or_create(&TransportLabels { transport });
         }
     }
 
@@ -483,43 +507,6 @@ const REJECTIONS: [&str; 7] = [
     "invalid_field",
     "too_many_rooms",
 ];
-
-/// Every known label value of the labelled families at zero, so that a fresh daemon's
-/// `/metrics` lists every family the dashboard and the alerts name: a rate over a series that
-/// does not exist yet is no rate at all.
-fn present_from_the_start(
-    consumed: &Family<CategoryLabels, Counter>,
-    emitted: &Family<CategoryLabels, Counter>,
-    dead_lettered: &Family<DeadLetterLabels, Counter>,
-    deduplicated: &Family<CategoryLabels, Counter>,
-    joins_refused: &Family<ReasonLabels, Counter>,
-    connections_refused: &Family<ReasonLabels, Counter>,
-    records_refused: &Family<ReasonLabels, Counter>,
-    sockets: &Family<TransportLabels, Gauge>,
-) {
-    for category in CATEGORIES {
-        let labels = CategoryLabels { category };
-        let _ = consumed.get_or_create(&labels);
-        let _ = emitted.get_or_create(&labels);
-        let _ = deduplicated.get_or_create(&labels);
-        for reason in REJECTIONS {
-            let _ = dead_lettered.get_or_create(&DeadLetterLabels { category, reason });
-        }
-    }
-    for reason in REJECTIONS {
-        let _ = records_refused.get_or_create(&ReasonLabels { reason });
-    }
-    // The `connect_error` messages (contract section 5).
-    for reason in ["unauthorized", "server_full", "too_many_connections"] {
-        let _ = connections_refused.get_or_create(&ReasonLabels { reason });
-    }
-    for reason in JOIN_REFUSALS.into_iter().chain(["other"]) {
-        let _ = joins_refused.get_or_create(&ReasonLabels { reason });
-    }
-    for transport in ["websocket", "polling"] {
-        let _ = sockets.get_or_create(&TransportLabels { transport });
-    }
-}
 
 /// The standard Prometheus process metrics, read from `/proc/self` at each scrape (Linux; on
 /// other systems, or if `/proc` is unreadable, they are left out).
