@@ -349,15 +349,17 @@ impl<S: Sockets> Fanout<S> {
             };
             let envelope = &item.envelope;
             for room in envelope.rooms.iter() {
-                let json = payload(&self.ids, &item, Some(room));
-                for socket in self.io.in_room(room) {
-                    self.emit(&socket, &json, &mut stalled);
+                let sockets = self.io.in_room(room);
+                if !sockets.is_empty() {
+                    let json = payload(&self.ids, &item, Some(room));
+                    self.io.emit_each(&sockets, &json, &mut stalled);
                 }
             }
             if envelope.broadcast {
-                let json = payload(&self.ids, &item, None);
-                for socket in self.io.outside(&envelope.rooms) {
-                    self.emit(&socket, &json, &mut stalled);
+                let sockets = self.io.outside(&envelope.rooms);
+                if !sockets.is_empty() {
+                    let json = payload(&self.ids, &item, None);
+                    self.io.emit_each(&sockets, &json, &mut stalled);
                 }
             }
             envelope.rooms.len() + usize::from(envelope.broadcast)

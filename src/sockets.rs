@@ -36,6 +36,20 @@ pub trait Sockets: Send + Sync + 'static {
     fn id(&self, socket: &Self::Socket) -> Self::Id;
     /// Queues a notification's payload for `socket` (the [`EVENT`] event).
     fn emit(&self, socket: &Self::Socket, payload: &RawValue) -> Emitted;
+    /// Queues one payload for each of `sockets`; those whose queue is full are added to
+    /// `full` (closed ones are leaving anyway).
+    fn emit_each(
+        &self,
+        sockets: &[Self::Socket],
+        payload: &RawValue,
+        full: &mut Vec<Self::Socket>,
+    ) {
+        for socket in sockets {
+            if self.emit(socket, payload) == Emitted::Full {
+                full.push(socket.clone());
+            }
+        }
+    }
     /// The sockets in `room`.
     fn in_room(&self, room: &Room) -> Vec<Self::Socket>;
     /// The sockets in none of `rooms` (a broadcast's other copies).
@@ -51,6 +65,14 @@ pub trait Sockets: Send + Sync + 'static {
     fn close_stalled(&self, socket: &Self::Socket);
 }
 
+fn emitted(result: Result<(), SendError>) -> Emitted {
+    match result {
+        Ok(()) => Emitted::Queued,
+        Err(SendError::Socket(SocketError::InternalChannelFull)) => Emitted::Full,
+        Err(_) => Emitted::Closed,
+    }
+}
+
 /// The sockets of socketioxide's default namespace.
 #[derive(Clone)]
 pub struct Io(pub SocketIo);
@@ -64,10 +86,25 @@ impl Sockets for Io {
     }
 
     fn emit(&self, socket: &SocketRef, payload: &RawValue) -> Emitted {
-        match socket.emit(EVENT, payload) {
-            Ok(()) => Emitted::Queued,
-            Err(SendError::Socket(SocketError::InternalChannelFull)) => Emitted::Full,
-            Err(_) => Emitted::Closed,
+        emitted(socket.emit(EVENT, payload))
+    }
+
+    /// Encodes the packet once and shares it: a room of many sockets (a CMS dashboard) costs
+    /// one serialization, not one per socket.
+    fn emit_each(&self, sockets: &[SocketRef], payload: &RawValue, full: &mut Vec<SocketRef>) {
+        let Some(first) = sockets.first() else {
+            return;
+        };
+        // A raw JSON value always encodes; were it not to, each emit reports the error.
+        let encoded = first.encode_event(EVENT, payload);
+        for socket in sockets {
+            let result = match &encoded {
+                Ok(encoded) => socket.emit_encoded(encoded),
+                Err(_) => socket.emit(EVENT, payload),
+            };
+            if emitted(result) == Emitted::Full {
+                full.push(socket.clone());
+            }
         }
     }
 

@@ -134,6 +134,11 @@ impl<'a> PermitExt<'a> for Permit<'a> {
     }
 }
 
+/// An event packet encoded once for many sockets ([`Socket::encode_event`]); cloning it
+/// shares the encoded bytes.
+#[derive(Debug, Clone)]
+pub struct EncodedEvent(Value);
+
 /// A RemoteSocket is a [`Socket`] that is remotely connected on another server.
 /// It implements a subset of the [`Socket`] API.
 pub struct RemoteSocket<A> {
@@ -515,6 +520,28 @@ impl<A: Adapter> Socket<A> {
         let data = self.parser.encode_value(data, Some(event.as_ref()))?;
 
         permit.send(Packet::event(ns, data), self.parser);
+        Ok(())
+    }
+
+    /// Encodes an event once, to queue it for many sockets of this namespace with
+    /// [`Socket::emit_encoded`]: the encoded packet is shared by every socket, not copied.
+    pub fn encode_event<T: ?Sized + Serialize>(
+        &self,
+        event: impl AsRef<str>,
+        data: &T,
+    ) -> Result<EncodedEvent, SendError> {
+        let data = self.parser.encode_value(data, Some(event.as_ref()))?;
+        let packet = Packet::event(self.ns.path.clone(), data);
+        Ok(EncodedEvent(self.parser.encode(packet)))
+    }
+
+    /// Queues an event encoded by [`Socket::encode_event`] (of a socket of the same namespace
+    /// and parser), as [`Socket::emit`] does.
+    pub fn emit_encoded(&self, event: &EncodedEvent) -> Result<(), SendError> {
+        if !self.connected() {
+            return Err(SendError::Socket(SocketError::Closed));
+        }
+        self.send_raw(event.0.clone())?;
         Ok(())
     }
 
