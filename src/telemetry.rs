@@ -30,10 +30,12 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::field::Empty;
-use tracing::{Instrument, Level, Metadata};
+use tracing::span::{Attributes, Id, Record};
+use tracing::subscriber::Interest;
+use tracing::{Event, Instrument, Level, Metadata};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, Targets, filter_fn};
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Context, Filter, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
 
@@ -78,6 +80,7 @@ impl Telemetry {
 pub fn init(filter: &str, format: LogFormat) -> Telemetry {
     let library_level = client_library_level(filter);
     let env_filter = EnvFilter::builder().parse_lossy(filter);
+    let most_verbose = most_verbose_level(&env_filter, library_level);
     let is_library = filter_fn(|meta: &Metadata<'_>| is_client_library(meta.target()));
     // Our events as RUST_LOG says; the client library's as if they were DEBUG. Spans are for
     // the traces only: a log line carries its own fields, and with no exporter a span costs
@@ -91,6 +94,10 @@ pub fn init(filter: &str, format: LogFormat) -> Telemetry {
                 demoted(*meta.level()) <= library_level
             }))),
     );
+    let log_filter = WithMaxLevel {
+        filter: log_filter,
+        max: most_verbose,
+    };
     let logs = match format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
@@ -171,6 +178,71 @@ fn is_client_library(target: &str) -> bool {
             .strip_prefix(lib)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
     })
+}
+
+/// The most verbose level any log line can have: `RUST_LOG`'s, or the client library's when
+/// that shows more (its events count as DEBUG at least, so below DEBUG none of them shows).
+fn most_verbose_level(env_filter: &EnvFilter, library_level: LevelFilter) -> LevelFilter {
+    let library = if library_level >= LevelFilter::DEBUG {
+        library_level
+    } else {
+        LevelFilter::OFF
+    };
+    env_filter
+        .max_level_hint()
+        .unwrap_or(LevelFilter::TRACE)
+        .max(library)
+}
+
+/// A filter with a known most verbose level. tracing-subscriber's combinators lose the hint
+/// when a part has none (a `filter_fn`), and without it every disabled `trace!` of every
+/// dependency (tungstenite logs each websocket frame through `log`) is evaluated at run time
+/// instead of skipped where it is written.
+struct WithMaxLevel<F> {
+    filter: F,
+    max: LevelFilter,
+}
+
+impl<S, F: Filter<S>> Filter<S> for WithMaxLevel<F> {
+    fn enabled(&self, meta: &Metadata<'_>, cx: &Context<'_, S>) -> bool {
+        *meta.level() <= self.max && self.filter.enabled(meta, cx)
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        if *meta.level() <= self.max {
+            self.filter.callsite_enabled(meta)
+        } else {
+            Interest::never()
+        }
+    }
+
+    fn event_enabled(&self, event: &Event<'_>, cx: &Context<'_, S>) -> bool {
+        self.filter.event_enabled(event, cx)
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(self.max)
+    }
+
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, cx: Context<'_, S>) {
+        self.filter.on_new_span(attrs, id, cx);
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, cx: Context<'_, S>) {
+        self.filter.on_record(id, values, cx);
+    }
+
+    fn on_enter(&self, id: &Id, cx: Context<'_, S>) {
+        self.filter.on_enter(id, cx);
+    }
+
+    fn on_exit(&self, id: &Id, cx: Context<'_, S>) {
+        self.filter.on_exit(id, cx);
+    }
+
+    fn on_close(&self, id: Id, cx: Context<'_, S>) {
+        self.filter.on_close(id, cx);
+    }
 }
 
 /// The level a client library event is treated as: DEBUG, or TRACE for its trace events.
@@ -364,6 +436,23 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_log_line_is_evaluated_above_the_most_verbose_level_the_filter_shows() {
+        let level = |filter: &str| {
+            most_verbose_level(
+                &EnvFilter::builder().parse_lossy(filter),
+                client_library_level(filter),
+            )
+        };
+        // What is skipped where it is written (a dependency's `trace!` at RUST_LOG=warn).
+        assert_eq!(level("warn"), LevelFilter::WARN);
+        assert_eq!(level("info"), LevelFilter::INFO);
+        assert_eq!(level("warn,notify_bridge=debug"), LevelFilter::DEBUG);
+        // The client library's events count as DEBUG: shown when asked for.
+        assert_eq!(level("info,lapin=debug"), LevelFilter::DEBUG);
+        assert_eq!(level("warn,lapin=trace"), LevelFilter::TRACE);
+    }
 
     #[test]
     fn the_client_library_level_follows_its_directives_or_the_default() {
