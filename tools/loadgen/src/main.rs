@@ -81,6 +81,9 @@ struct Cli {
     /// Also write the headline figures as key=value lines to this file.
     #[arg(long)]
     summary: Option<PathBuf>,
+    /// Key the summary's lines `<label>.<figure>` instead of `<scenario>.<figure>`.
+    #[arg(long, requires = "summary")]
+    summary_label: Option<String>,
     /// Instead of a benchmark: delete --exchange, --queue, <queue>.dead and <queue>.dlx.
     #[arg(long, requires = "queue")]
     cleanup: bool,
@@ -174,7 +177,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         http,
         persistent: cli.persistent,
         concurrency: cli.concurrency,
-        summary: Summary::default(),
+        summary: Summary::labelled(cli.summary_label.clone()),
     };
     let all = cli.scenario == Scenario::All;
     let mut failures = Vec::new();

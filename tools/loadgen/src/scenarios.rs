@@ -33,17 +33,32 @@ pub struct Ctx {
     pub summary: Summary,
 }
 
-/// `key=value` lines for scripts.
+/// `key=value` lines for scripts, keyed `<scenario>.<figure>`, or `<label>.<figure>` when one
+/// scenario runs twice with different settings (latency at 500/s and at 2,000/s).
 #[derive(Default)]
-pub struct Summary(Vec<String>);
+pub struct Summary {
+    lines: Vec<String>,
+    label: Option<String>,
+}
 
 impl Summary {
+    pub fn labelled(label: Option<String>) -> Self {
+        Summary {
+            lines: Vec::new(),
+            label,
+        }
+    }
+
     pub fn put(&mut self, key: &str, value: impl Display) {
-        self.0.push(format!("{key}={value}"));
+        let line = match (&self.label, key.split_once('.')) {
+            (Some(label), Some((_, figure))) => format!("{label}.{figure}={value}"),
+            _ => format!("{key}={value}"),
+        };
+        self.lines.push(line);
     }
 
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let mut text = self.0.join("\n");
+        let mut text = self.lines.join("\n");
         text.push('\n');
         std::fs::write(path, text)
     }
@@ -604,9 +619,14 @@ pub async fn throughput(ctx: &mut Ctx, customers: u32, count: u64) -> Result<()>
         );
     }
     println!("queueing delay   {}", latency_line(&p));
+    let cpu = delta(before.cpu, after.cpu);
+    let cpu_per_10k = cpu
+        .filter(|_| confirmed.sent > 0)
+        .map(|c| c / confirmed.sent as f64 * 10_000.0);
     println!(
-        "daemon CPU       {} s; RSS {} before, {} after",
-        opt(delta(before.cpu, after.cpu).map(|c| format!("{c:.2}"))),
+        "daemon CPU       {} s = {} CPU-s per 10,000 notifications at full speed; RSS {} before, {} after",
+        opt(cpu.map(|c| format!("{c:.2}"))),
+        opt(cpu_per_10k.map(|c| format!("{c:.3}"))),
         mib(before.rss),
         mib(after.rss)
     );
@@ -619,6 +639,9 @@ pub async fn throughput(ctx: &mut Ctx, customers: u32, count: u64) -> Result<()>
     s.put("throughput.ceiling_per_s", format!("{ceiling_rate:.0}"));
     s.put("throughput.bridge_per_s", format!("{bridge_rate:.0}"));
     s.put("throughput.ratio_pct", format!("{ratio:.1}"));
+    if let Some(c) = cpu_per_10k {
+        s.put("throughput.cpu_s_per_10k", format!("{c:.3}"));
+    }
     s.put("throughput.lost", acc.lost());
     s.put("throughput.duplicated", acc.duplicates);
     s.put("throughput.misrouted", acc.misrouted);
