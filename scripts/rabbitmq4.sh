@@ -20,7 +20,8 @@
 # private epmd (never the system's 4369), everything bound to 127.0.0.1. The system broker is
 # never touched.
 #
-# Environment: NB_CACHE_DIR (downloads and the unpacked root; default ~/.cache/notify-bridge),
+# Environment: NB_RABBITMQ4_PLUGINS (plugins to enable beside management, comma-separated, e.g.
+# rabbitmq_stream), NB_CACHE_DIR (downloads and the unpacked root; default ~/.cache/notify-bridge),
 # NB_RUN_DIR (node data; default /tmp/notify-bridge-brokers), NB_RABBITMQ4_EPMD_PORT (default
 # 4371), NB_START_TIMEOUT (seconds a start may take; default 120).
 set -euo pipefail
@@ -193,7 +194,7 @@ start() {
     local line
     for line in "$@"; do echo "$line"; done
   } >"$dir/rabbitmq.conf"
-  echo "[rabbitmq_management]." >"$dir/enabled_plugins"
+  echo "[rabbitmq_management${NB_RABBITMQ4_PLUGINS:+,$NB_RABBITMQ4_PLUGINS}]." >"$dir/enabled_plugins"
   : >"$dir/rabbitmq-env.conf"
   echo "$port" >"$dir/port"
   (
