@@ -100,7 +100,9 @@ async fn publish_numbered(app: &TestApp, customer: &str, count: u64, pad: usize,
         }),
     )
     .await;
-    let deadline = Instant::now() + WAIT * 3;
+    // Large records take the broker longer: allow 10 MB/s on top (305 MB: 30 s more).
+    let megabytes = count * pad as u64 / 1_000_000;
+    let deadline = Instant::now() + WAIT * 3 + Duration::from_millis(100) * megabytes as u32;
     loop {
         let page = poll(app, &format!("room=customer:{customer}&limit=1000"), token).await;
         if ns(page["notifications"].as_array().unwrap()).last() == Some(&(count - 1)) {
@@ -559,7 +561,7 @@ async fn large_records_and_parallel_polls_keep_peak_memory_bounded() {
     let app = TestApp::spawn(Settings::rabbit().var("HISTORY_PER_ROOM", "5")).await;
     let token = app.customer_token("69");
     let cursor = mark(&app, "69", &token).await;
-    let count = 1000;
+    let count = 2500;
     publish_numbered(&app, "69", count, 122_000, &token).await;
     let (exchange, queue) = (app.exchange.clone(), app.queue.clone());
     let mut daemon = Daemon::builder()
@@ -589,7 +591,8 @@ async fn large_records_and_parallel_polls_keep_peak_memory_bounded() {
         async move {
             let mut cursor = cursor;
             let mut seen = 0;
-            let deadline = Instant::now() + WAIT * 6;
+            // Four pollers read 305 MB each, on a machine shared with the rest of the suite.
+            let deadline = Instant::now() + WAIT * 12;
             while seen < count && Instant::now() < deadline {
                 let page: Value = client
                     .get(format!(
@@ -617,7 +620,8 @@ async fn large_records_and_parallel_polls_keep_peak_memory_bounded() {
         "{count} records of 122 KB, 4 parallel pollers: peak RSS {before:.0} MiB at ready, {peak:.0} MiB after"
     );
     assert!(seen.iter().all(|s| *s >= count), "{seen:?}");
-    assert!(peak < 200.0, "peak RSS {peak:.0} MiB");
+    // The Kubernetes limit is 512 Mi; unbounded reads took 366 MiB for one poll of these.
+    assert!(peak < 300.0, "peak RSS {peak:.0} MiB");
     drop(daemon);
     app.stop().await;
 }

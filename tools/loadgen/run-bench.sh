@@ -102,6 +102,7 @@ run latency --customers 1000 --cms 10 --rate 2000 --duration 20s
 run throughput --customers 1000 --messages 100000
 run connections --connections 10000 --concurrency 200
 run http --http-connections 64 --http-threads 2 --http-duration 10s
+run replay --replay-records 10000
 
 if [ "${PERF:-0}" = 1 ]; then
   echo
@@ -179,6 +180,11 @@ row "no loss (lost + misrouted, latency and throughput)" \
   "$(sum latency.lost latency.misrouted latency_500.lost latency_500.misrouted throughput.lost throughput.misrouted)" le 0 copies
 row "no duplicates (latency and throughput)" "$(sum latency.duplicated latency_500.duplicated throughput.duplicated)" le 0 copies
 row "no failed connections (connections)" "$(get connections.failed)" le 0 sockets
+row "replay: nothing missed (a join and a poller, 10,000 back)" "$(get replay.missed)" le 0 records
+info "  a join's replay, records/s" "$(get replay.join_per_s)" /s
+info "  its daemon CPU per 10,000 replayed" "$(get replay.join_cpu_s_per_10k)" CPU-s
+info "  polling pages of 100, records/s" "$(get replay.poll_per_s)" /s
+info "  its daemon CPU per 10,000 polled" "$(get replay.poll_cpu_s_per_10k)" CPU-s
 echo "stream hop in the latency run: p50 $(get latency.stream_hop_p50_ms), p99 $(get latency.stream_hop_p99_ms) ms in the daemon;" \
   "p50 $(get latency.bare_hop_p50_ms), p99 $(get latency.bare_hop_p99_ms) ms bare (broker and client alone)"
 floor=$(get latency.floor_cpu_s_per_10k)

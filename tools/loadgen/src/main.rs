@@ -78,6 +78,9 @@ struct Cli {
     /// Publish persistent messages (delivery mode 2) instead of transient ones.
     #[arg(long)]
     persistent: bool,
+    /// Notifications a join and a poller replay from a cursor before them (replay).
+    #[arg(long, default_value_t = 10_000)]
+    replay_records: u64,
     /// Also write the headline figures as key=value lines to this file.
     #[arg(long)]
     summary: Option<PathBuf>,
@@ -101,6 +104,7 @@ enum Scenario {
     Throughput,
     Connections,
     Http,
+    Replay,
     All,
 }
 
@@ -215,6 +219,12 @@ async fn run(cli: Cli) -> Result<(), String> {
         )
         .await;
         outcome("http", result);
+    }
+    if all || cli.scenario == Scenario::Replay {
+        outcome(
+            "replay",
+            scenarios::replay(&mut ctx, cli.replay_records).await,
+        );
     }
     if let Some(path) = &cli.summary {
         ctx.summary

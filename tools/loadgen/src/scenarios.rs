@@ -13,7 +13,7 @@ use crate::fleet::{self, Fleet, Role};
 use crate::floor;
 use crate::histogram;
 use crate::procstat::{Proc, mib};
-use crate::sio::Endpoint;
+use crate::sio::{self, Endpoint};
 use crate::tally::{Shared, Tally, unix_micros};
 use crate::token::Tokens;
 
@@ -881,4 +881,175 @@ async fn closed_loop(url: &str, token: Option<&str>, connections: u32, duration:
     let secs = started.elapsed().as_secs_f64();
     println!("closed loop      {ok} ok, {failed} failed in {secs:.1} s");
     per_sec(ok, secs)
+}
+
+/// Scenario 5: replay. `count` notifications to one customer, published as fast as the broker
+/// takes them and read by the daemon; then a socket joins that customer's room from a cursor
+/// before them (the replay comes before the join's ack), and a poller pages through them from
+/// the same cursor, `limit=100` a page. Records per second for each, and the daemon's CPU per
+/// 10,000 records replayed.
+pub async fn replay(ctx: &mut Ctx, count: u64) -> Result<()> {
+    println!(
+        "\n== replay: {count} notifications to one customer, then a join and a poller from a cursor before them =="
+    );
+    let plan = Plan {
+        run: run_id(),
+        customers: 1,
+        exchange: ctx.exchange.clone(),
+        persistent: ctx.persistent,
+    };
+    let room = "customer:0";
+    let token = ctx.tokens.customer(0);
+    // A room of this run's own is empty: its poll's cursor is the head, before what follows.
+    let probe = 1_000_000 + (plan.run % 1_000_000) as u32;
+    let cursor = head(ctx, probe).await?;
+    let consumed = || async {
+        let text = metrics_text(ctx).await.unwrap_or_default();
+        metric(&text, "notify_bridge_notifications_consumed_total")
+    };
+    let consumed_before = consumed().await;
+
+    let (connection, mut publisher) = publisher(ctx, &plan).await?;
+    publisher.publish(0..count).await?;
+    let confirmed = publisher.finish().await;
+    let _ = connection.close(200, "done".into()).await;
+    // Replayed, not live: wait until the daemon has read them all.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while consumed().await < consumed_before + confirmed.acked_count() as f64 {
+        if tokio::time::Instant::now() > deadline {
+            return Err("the daemon did not read the notifications within 120 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "published        {} (acked {}) at {:.0}/s, all read by the daemon",
+        confirmed.sent,
+        confirmed.acked_count(),
+        per_sec(confirmed.sent, confirmed.send_secs())
+    );
+
+    let mut replayed = 0u64;
+    let before = Snapshot::take(ctx).await;
+    let started = tokio::time::Instant::now();
+    let (mut ws, ack) =
+        sio::connect_and_replay(&ctx.endpoint, token.as_deref(), room, &cursor, |event| {
+            if of_run(event, plan.run) {
+                replayed += 1;
+            }
+        })
+        .await?;
+    let join_secs = started.elapsed().as_secs_f64();
+    let after = Snapshot::take(ctx).await;
+    let _ = ws.close(None).await;
+    let join_cpu = delta(before.cpu, after.cpu);
+    println!(
+        "join replay      {replayed} of {count} before the ack in {join_secs:.2} s = {:.0} records/s; daemon CPU {} \
+         = {} CPU-s per 10,000 replayed; ack {ack:.60}",
+        per_sec(replayed, join_secs),
+        opt(join_cpu.map(|c| format!("{c:.2} s"))),
+        opt(join_cpu.map(|c| format!("{:.3}", c / replayed.max(1) as f64 * 10_000.0))),
+    );
+
+    let before = Snapshot::take(ctx).await;
+    let started = tokio::time::Instant::now();
+    let (mut polled, mut pages, mut limited) = (0u64, 0u64, 0u64);
+    let mut after_cursor = cursor;
+    while polled < count && started.elapsed() < Duration::from_secs(120) {
+        let mut request = ctx.http.get(format!(
+            "{}/api/notifications?room={room}&after={after_cursor}&limit=100",
+            ctx.base
+        ));
+        if let Some(token) = &token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| format!("poll: {e}"))?;
+        if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+            let wait = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .unwrap_or(1);
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            continue;
+        }
+        let page: serde_json::Value = response.json().await.map_err(|e| format!("poll: {e}"))?;
+        let items = page["notifications"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        pages += 1;
+        if items.is_empty() {
+            break;
+        }
+        polled += items
+            .iter()
+            .filter(|item| item["data"]["r"].as_u64() == Some(plan.run))
+            .count() as u64;
+        after_cursor = page["cursor"].as_str().unwrap_or_default().to_owned();
+    }
+    let poll_secs = started.elapsed().as_secs_f64();
+    let after = Snapshot::take(ctx).await;
+    let poll_cpu = delta(before.cpu, after.cpu);
+    println!(
+        "poll pages       {polled} of {count} in {pages} pages of 100 in {poll_secs:.2} s = {:.0} records/s \
+         ({limited} answered 429); daemon CPU {} = {} CPU-s per 10,000 polled",
+        per_sec(polled, poll_secs),
+        opt(poll_cpu.map(|c| format!("{c:.2} s"))),
+        opt(poll_cpu.map(|c| format!("{:.3}", c / polled.max(1) as f64 * 10_000.0))),
+    );
+
+    let s = &mut ctx.summary;
+    s.put("replay.join_records", replayed);
+    s.put(
+        "replay.join_per_s",
+        format!("{:.0}", per_sec(replayed, join_secs)),
+    );
+    if let Some(c) = join_cpu {
+        s.put(
+            "replay.join_cpu_s_per_10k",
+            format!("{:.3}", c / replayed.max(1) as f64 * 10_000.0),
+        );
+    }
+    s.put("replay.poll_records", polled);
+    s.put(
+        "replay.poll_per_s",
+        format!("{:.0}", per_sec(polled, poll_secs)),
+    );
+    if let Some(c) = poll_cpu {
+        s.put(
+            "replay.poll_cpu_s_per_10k",
+            format!("{:.3}", c / polled.max(1) as f64 * 10_000.0),
+        );
+    }
+    s.put("replay.missed", count.saturating_sub(replayed.min(polled)));
+    Ok(())
+}
+
+/// The head cursor, as a poll of `customer`'s empty room answers it.
+async fn head(ctx: &Ctx, customer: u32) -> Result<String> {
+    let mut request = ctx.http.get(format!(
+        "{}/api/notifications?room=customer:{customer}&limit=1",
+        ctx.base
+    ));
+    if let Some(token) = ctx.tokens.customer(customer) {
+        request = request.bearer_auth(token);
+    }
+    let page: serde_json::Value = request
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| format!("poll: {e}"))?
+        .json()
+        .await
+        .map_err(|e| format!("poll: {e}"))?;
+    page["cursor"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("a poll without a cursor: {page}"))
+}
+
+/// Whether an event (`["notification",{...}]`) is a bench notification of run `run`.
+fn of_run(event: &str, run: u64) -> bool {
+    event.contains(&format!(r#""r":{run}"#))
 }

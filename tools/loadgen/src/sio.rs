@@ -44,6 +44,33 @@ pub async fn connect_and_join(
     token: Option<&str>,
     room: &str,
 ) -> Result<Ws, String> {
+    let mut ws = connect(endpoint, token).await?;
+    let ack = join(&mut ws, &format!("\"{room}\""), |_| {}).await?;
+    if ack.contains("\"ok\":true") {
+        Ok(ws)
+    } else {
+        Err(format!("join refused: {ack:.80}"))
+    }
+}
+
+/// Opens a socket, authenticates and joins `room` with the cursor `after`: the replay comes
+/// before the join's ack, each event handed to `on_event`. Returns the socket and the ack.
+pub async fn connect_and_replay(
+    endpoint: &Endpoint,
+    token: Option<&str>,
+    room: &str,
+    after: &str,
+    on_event: impl FnMut(&str),
+) -> Result<(Ws, String), String> {
+    let mut ws = connect(endpoint, token).await?;
+    // Room names and cursors hold nothing to escape in JSON.
+    let request = format!("{{\"room\":\"{room}\",\"after\":\"{after}\"}}");
+    let ack = join(&mut ws, &request, on_event).await?;
+    Ok((ws, ack))
+}
+
+/// Opens a socket and authenticates with `token` (if any).
+async fn connect(endpoint: &Endpoint, token: Option<&str>) -> Result<Ws, String> {
     // Small buffers: the frames are a few hundred bytes, and 10,000 connections at the default
     // 128 KiB each would make the load generator the memory hog of the machine.
     let config = WebSocketConfig::default()
@@ -73,18 +100,25 @@ pub async fn connect_and_join(
     if !reply.starts_with("40") {
         return Err(format!("expected CONNECT, got {reply:.60}"));
     }
+    Ok(ws)
+}
 
-    send(&mut ws, format!("421[\"join-room\",\"{room}\"]")).await?;
+/// Sends `join-room` with `request` (a room name as a JSON string, or a JSON object) and reads
+/// up to its ack, handing each event before it (a replay) to `on_event`. Returns the ack.
+async fn join(
+    ws: &mut Ws,
+    request: &str,
+    mut on_event: impl FnMut(&str),
+) -> Result<String, String> {
+    send(ws, format!("421[\"join-room\",{request}]")).await?;
     loop {
-        let packet = next_packet(&mut ws).await?;
+        let packet = next_packet(ws).await?;
         if let Some(ack) = packet.strip_prefix("431") {
-            return if ack.contains("\"ok\":true") {
-                Ok(ws)
-            } else {
-                Err(format!("join refused: {ack:.80}"))
-            };
+            return Ok(ack.to_owned());
         }
-        // Anything else before the ack (there should be nothing) is not ours to count.
+        if let Some(event) = packet.strip_prefix("42") {
+            on_event(event);
+        }
     }
 }
 
