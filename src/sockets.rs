@@ -95,14 +95,13 @@ impl Sockets for Io {
         let Some(first) = sockets.first() else {
             return;
         };
-        // A raw JSON value always encodes; were it not to, each emit reports the error.
-        let encoded = first.encode_event(EVENT, payload);
+        // A raw JSON value always encodes; were it not to, every emit would fail the same way
+        // and count as closed, as `emit` does.
+        let Ok(encoded) = first.encode_event(EVENT, payload) else {
+            return;
+        };
         for socket in sockets {
-            let result = match &encoded {
-                Ok(encoded) => socket.emit_encoded(encoded),
-                Err(_) => socket.emit(EVENT, payload),
-            };
-            if emitted(result) == Emitted::Full {
+            if emitted(socket.emit_encoded(&encoded)) == Emitted::Full {
                 full.push(socket.clone());
             }
         }

@@ -35,7 +35,6 @@ pub struct Ctx {
 
 /// `key=value` lines for scripts, keyed `<scenario>.<figure>`, or `<label>.<figure>` when one
 /// scenario runs twice with different settings (latency at 500/s and at 2,000/s).
-#[derive(Default)]
 pub struct Summary {
     lines: Vec<String>,
     label: Option<String>,
@@ -129,6 +128,11 @@ fn delta(before: Option<f64>, after: Option<f64>) -> Option<f64> {
 
 fn opt<T: Display>(value: Option<T>) -> String {
     value.map_or_else(|| "n/a".into(), |v| v.to_string())
+}
+
+/// CPU seconds per 10,000 of `count` things (notifications, records).
+fn per_10k(cpu: Option<f64>, count: u64) -> Option<f64> {
+    cpu.map(|cpu| cpu / count.max(1) as f64 * 10_000.0)
 }
 
 fn per_sec(count: u64, secs: f64) -> f64 {
@@ -381,7 +385,7 @@ pub async fn latency(
     );
     println!("latency          {}", latency_line(&p));
     let cpu = delta(before.cpu, after.cpu);
-    let cpu_per_10k = cpu.map(|cpu| cpu / acked.max(1) as f64 * 10_000.0);
+    let cpu_per_10k = per_10k(cpu, acked);
     println!(
         "daemon CPU       {} s for {acked} notifications = {} CPU-s per 10,000 notifications",
         opt(cpu.map(|c| format!("{c:.2}"))),
@@ -620,9 +624,7 @@ pub async fn throughput(ctx: &mut Ctx, customers: u32, count: u64) -> Result<()>
     }
     println!("queueing delay   {}", latency_line(&p));
     let cpu = delta(before.cpu, after.cpu);
-    let cpu_per_10k = cpu
-        .filter(|_| confirmed.sent > 0)
-        .map(|c| c / confirmed.sent as f64 * 10_000.0);
+    let cpu_per_10k = per_10k(cpu, confirmed.sent);
     println!(
         "daemon CPU       {} s = {} CPU-s per 10,000 notifications at full speed; RSS {} before, {} after",
         opt(cpu.map(|c| format!("{c:.2}"))),
@@ -928,12 +930,14 @@ pub async fn replay(ctx: &mut Ctx, count: u64) -> Result<()> {
         per_sec(confirmed.sent, confirmed.send_secs())
     );
 
+    // This run's bench notifications carry `"r":<run>` in their data.
+    let of_run = format!(r#""r":{}"#, plan.run);
     let mut replayed = 0u64;
     let before = Snapshot::take(ctx).await;
     let started = tokio::time::Instant::now();
     let (mut ws, ack) =
         sio::connect_and_replay(&ctx.endpoint, token.as_deref(), room, &cursor, |event| {
-            if of_run(event, plan.run) {
+            if event.contains(&of_run) {
                 replayed += 1;
             }
         })
@@ -942,12 +946,13 @@ pub async fn replay(ctx: &mut Ctx, count: u64) -> Result<()> {
     let after = Snapshot::take(ctx).await;
     let _ = ws.close(None).await;
     let join_cpu = delta(before.cpu, after.cpu);
+    let join_per_10k = per_10k(join_cpu, replayed);
     println!(
         "join replay      {replayed} of {count} before the ack in {join_secs:.2} s = {:.0} records/s; daemon CPU {} \
          = {} CPU-s per 10,000 replayed; ack {ack:.60}",
         per_sec(replayed, join_secs),
         opt(join_cpu.map(|c| format!("{c:.2} s"))),
-        opt(join_cpu.map(|c| format!("{:.3}", c / replayed.max(1) as f64 * 10_000.0))),
+        opt(join_per_10k.map(|c| format!("{c:.3}"))),
     );
 
     let before = Snapshot::take(ctx).await;
@@ -973,7 +978,12 @@ pub async fn replay(ctx: &mut Ctx, count: u64) -> Result<()> {
             tokio::time::sleep(Duration::from_secs(wait)).await;
             continue;
         }
-        let page: serde_json::Value = response.json().await.map_err(|e| format!("poll: {e}"))?;
+        let page: serde_json::Value = response
+            .error_for_status()
+            .map_err(|e| format!("poll: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("poll: {e}"))?;
         let items = page["notifications"]
             .as_array()
             .cloned()
@@ -991,12 +1001,13 @@ pub async fn replay(ctx: &mut Ctx, count: u64) -> Result<()> {
     let poll_secs = started.elapsed().as_secs_f64();
     let after = Snapshot::take(ctx).await;
     let poll_cpu = delta(before.cpu, after.cpu);
+    let poll_per_10k = per_10k(poll_cpu, polled);
     println!(
         "poll pages       {polled} of {count} in {pages} pages of 100 in {poll_secs:.2} s = {:.0} records/s \
          ({limited} answered 429); daemon CPU {} = {} CPU-s per 10,000 polled",
         per_sec(polled, poll_secs),
         opt(poll_cpu.map(|c| format!("{c:.2} s"))),
-        opt(poll_cpu.map(|c| format!("{:.3}", c / polled.max(1) as f64 * 10_000.0))),
+        opt(poll_per_10k.map(|c| format!("{c:.3}"))),
     );
 
     let s = &mut ctx.summary;
@@ -1005,22 +1016,16 @@ pub async fn replay(ctx: &mut Ctx, count: u64) -> Result<()> {
         "replay.join_per_s",
         format!("{:.0}", per_sec(replayed, join_secs)),
     );
-    if let Some(c) = join_cpu {
-        s.put(
-            "replay.join_cpu_s_per_10k",
-            format!("{:.3}", c / replayed.max(1) as f64 * 10_000.0),
-        );
+    if let Some(c) = join_per_10k {
+        s.put("replay.join_cpu_s_per_10k", format!("{c:.3}"));
     }
     s.put("replay.poll_records", polled);
     s.put(
         "replay.poll_per_s",
         format!("{:.0}", per_sec(polled, poll_secs)),
     );
-    if let Some(c) = poll_cpu {
-        s.put(
-            "replay.poll_cpu_s_per_10k",
-            format!("{:.3}", c / polled.max(1) as f64 * 10_000.0),
-        );
+    if let Some(c) = poll_per_10k {
+        s.put("replay.poll_cpu_s_per_10k", format!("{c:.3}"));
     }
     s.put("replay.missed", count.saturating_sub(replayed.min(polled)));
     Ok(())
@@ -1047,9 +1052,4 @@ async fn head(ctx: &Ctx, customer: u32) -> Result<String> {
         .as_str()
         .map(str::to_owned)
         .ok_or_else(|| format!("a poll without a cursor: {page}"))
-}
-
-/// Whether an event (`["notification",{...}]`) is a bench notification of run `run`.
-fn of_run(event: &str, run: u64) -> bool {
-    event.contains(&format!(r#""r":{run}"#))
 }

@@ -66,7 +66,7 @@ pub async fn compare(broker: &Broker, rate: u64, count: u64, run: u64) -> Result
     );
     let mut figures = Vec::new();
     for via in [Via::Amqp, Via::Native] {
-        let stream = format!("loadgen-readers-{run}-{}.log", via.name());
+        let stream = format!("stream-readers-{run}-{}.log", via.name());
         let result = measure(broker, &stream, via, rate, count).await;
         delete_stream(&broker.amqp_url, &stream).await;
         let (read, cpu) = result?;
@@ -87,7 +87,7 @@ async fn measure(
     rate: u64,
     count: u64,
 ) -> Result<(u64, f64)> {
-    let connection = connect(&broker.amqp_url, "loadgen stream readers").await?;
+    let connection = connect(&broker.amqp_url, "stream-readers appends").await?;
     let e = |e: lapin::Error| e.to_string();
     let channel = connection.create_channel().await.map_err(e)?;
     let mut arguments = FieldTable::default();
@@ -109,7 +109,7 @@ async fn measure(
         .await
         .map_err(e)?;
 
-    let exe = std::env::current_exe().map_err(|e| format!("finding loadgen itself: {e}"))?;
+    let exe = std::env::current_exe().map_err(|e| format!("finding stream-readers itself: {e}"))?;
     let mut child = tokio::process::Command::new(exe)
         .args(["--reader", stream, "--via", via.name()])
         .args([
@@ -187,7 +187,7 @@ async fn measure(
 }
 
 async fn delete_stream(url: &str, stream: &str) {
-    if let Ok(connection) = connect(url, "loadgen stream readers cleanup").await {
+    if let Ok(connection) = connect(url, "stream-readers cleanup").await {
         if let Ok(channel) = connection.create_channel().await {
             let _ = channel
                 .queue_delete(stream.into(), QueueDeleteOptions::default())
@@ -212,7 +212,7 @@ pub async fn read(broker: &Broker, stream: &str, via: Via, count: u64) -> Result
 
 async fn read_amqp(url: &str, stream: &str, count: u64) -> Result<u64> {
     let e = |e: lapin::Error| e.to_string();
-    let connection = connect(url, "loadgen stream reader (amqp)").await?;
+    let connection = connect(url, "stream-readers reader (amqp)").await?;
     let channel = connection.create_channel().await.map_err(e)?;
     channel
         .basic_qos(PREFETCH, BasicQosOptions::default())
