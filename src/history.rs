@@ -91,7 +91,8 @@ pub trait HistoryStore: Send {
     fn after(&self, room: &Room, after: u64, limit: usize) -> Slice;
     /// Everything `room` still holds, oldest first (for a reset).
     fn retained(&self, room: &Room, limit: usize) -> Vec<Item>;
-    /// Declares every id up to `id` not held (an instance that starts reading mid-stream).
+    /// Declares every id up to `id` possibly missing from every room (an instance that starts
+    /// reading mid-stream, records expired unread, a stream-less reconnect).
     fn forget_through(&mut self, id: u64);
     /// Keeps everything of `room` after `id` past the per-room cap until [`Self::unpin`].
     fn pin(&mut self, room: &Room, id: u64);
@@ -338,10 +339,11 @@ impl HistoryStore for MemoryStore {
 
     fn forget_through(&mut self, id: u64) {
         self.floor = self.floor.max(id);
+        // Every room may have lost something up to `id`, those holding older items too: a
+        // cursor at a room's last item before the gap must answer `reset`. What a window holds
+        // stays, for the reset's retained history.
         for window in self.rooms.values_mut() {
-            if window.items.front().is_none_or(|first| first.item.id > id) {
-                window.evicted_upto = window.evicted_upto.max(id);
-            }
+            window.evicted_upto = window.evicted_upto.max(id);
         }
     }
 

@@ -578,6 +578,25 @@ mod tests {
     }
 
     #[test]
+    fn a_gap_resets_a_cursor_before_it_even_in_a_room_whose_items_are_all_older() {
+        // A stream-less reconnect (or records expired unread) loses ids 4..=5 for this
+        // instance: customer:1 may have had one of them.
+        let mut ledger = Ledger::local(history(100), 100);
+        for _ in 0..3 {
+            accept(&mut ledger, None, to(1));
+        }
+        ledger.forget_through(5);
+        assert_eq!(accept(&mut ledger, None, to(1)), Some(6));
+        let r = room("customer:1");
+        match ledger.plan(&r, Cursor::At(3), 100) {
+            Plan::Reset(items) => assert_eq!(ids(&items), [1, 2, 3, 6], "the retained history"),
+            other => panic!("a cursor before the gap must reset, got {other:?}"),
+        }
+        assert_eq!(held(ledger.plan(&r, Cursor::At(5), 100)), [6]);
+        assert!(held(ledger.plan(&r, Cursor::At(6), 100)).is_empty());
+    }
+
+    #[test]
     fn replay_and_live_never_overlap() {
         // A join at cursor C replays ids > C; live delivery only brings ids > head. Together
         // they are every id once.

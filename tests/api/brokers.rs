@@ -252,3 +252,62 @@ async fn without_streams_instances_give_the_same_ids_and_a_cursor_continues_on_a
     drop(b);
     drop(again);
 }
+
+#[tokio::test]
+async fn without_streams_a_cursor_from_before_a_reconnect_resets_even_in_a_room_quiet_since() {
+    let topology = Topology::fresh();
+    let proxy = crate::support::proxy::Proxy::to_broker().await;
+    let a = TestApp::spawn(Settings {
+        broker_url: Some(proxy.url()),
+        ..streamless(&topology)
+    })
+    .await;
+    let b = TestApp::spawn(streamless(&topology)).await;
+    let token = a.customer_token("31");
+    let mut on_a = a.joined(&token, &["customer:31"]).await;
+    let mut on_b = b.joined(&token, &["customer:31"]).await;
+    let mut stations_on_a = a.joined(&a.cms_token(), &["cms:stations"]).await;
+    a.publish_json(
+        "notification.session",
+        json!({ "type": "before", "recipients": [31], "messageId": crate::support::unique("m") }),
+    )
+    .await;
+    let before = on_a.next().await["id"].as_str().unwrap().to_owned();
+    assert_eq!(on_b.next().await["type"], "before");
+
+    // (With messageIds, a failover between append and ack does not emit anything twice.)
+    // A's queue goes with its connection: what B appends meanwhile never reaches A.
+    proxy.cut();
+    a.wait_broker("reconnecting").await;
+    b.publish_json(
+        "notification.session",
+        json!({ "type": "missed", "recipients": [31], "messageId": crate::support::unique("m") }),
+    )
+    .await;
+    assert_eq!(on_b.next().await["type"], "missed");
+    proxy.restore();
+    a.wait_broker("connected").await;
+    // Only another room hears of anything after the reconnect.
+    b.publish_json(
+        "notification.station",
+        json!({ "type": "after", "rooms": ["cms:stations"] }),
+    )
+    .await;
+    assert_eq!(stations_on_a.next().await["type"], "after");
+
+    let page: Value = a
+        .get(
+            &format!("/api/notifications?room=customer:31&after={before}"),
+            Some(&token),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        page["reset"], true,
+        "customer:31 may have lost a notification while A was away: {page}"
+    );
+    assert_eq!(page["notifications"][0]["type"], "before", "{page}");
+    drop(b);
+}
