@@ -172,17 +172,30 @@ stop_node() {
 }
 
 stop() {
+  # The pids first: a node removes its pid file as it begins to stop, well before it exits.
+  local name pid pids=()
+  for name in "${NODES[@]}"; do
+    if running "$name"; then pids+=("$(cat "$RUN/$name/pid")"); fi
+  done
   for name in "${NODES[@]}"; do
     stop_node "$name" &
   done
   wait
-  for name in "${NODES[@]}"; do
-    if running "$name"; then kill -9 "$(cat "$RUN/$name/pid")" 2>/dev/null || true; fi
+  # rabbitmqctl stop returns before the VM has exited: wait for it (bounded), then make sure.
+  local deadline=$((SECONDS + 30))
+  for pid in "${pids[@]}"; do
+    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
   done
-  # Our private epmd goes with the nodes (epmd -kill refuses while names are registered).
+  # Our private epmd goes with the nodes; epmd -kill refuses while names are registered, and
+  # a node that has just exited may take a moment to leave the list.
   local epmd
   epmd=$(PATH="${ERL_BIN:+$ERL_BIN:}$PATH" command -v epmd || true)
   if [ -n "$epmd" ]; then
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+      ERL_EPMD_PORT=$EPMD_PORT "$epmd" -port "$EPMD_PORT" -names 2>/dev/null | grep -q '^name ' || break
+      sleep 0.2
+    done
     ERL_EPMD_PORT=$EPMD_PORT "$epmd" -port "$EPMD_PORT" -kill >/dev/null 2>&1 || true
   fi
   rm -rf "$RUN"

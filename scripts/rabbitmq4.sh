@@ -240,22 +240,35 @@ stop() {
   check_name "$name"
   [ -d "$dir" ] || return 0
   if [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
+    local pid
+    pid=$(cat "$dir/pid")
     (
       node_env "$name"
       timeout 60 "$(sbin)/rabbitmqctl" -q -n "$RABBITMQ_NODENAME" stop >/dev/null 2>&1
-    ) || kill -9 "$(cat "$dir/pid")" 2>/dev/null || true
+    ) || kill -9 "$pid" 2>/dev/null || true
+    # rabbitmqctl stop returns before the VM has exited, and the node's epmd name goes only
+    # with its process.
+    local deadline=$((SECONDS + 30))
+    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
   fi
   rm -rf "$dir"
   stop_epmd_if_idle
 }
 
-# Our private epmd goes when it has no node left (epmd -kill refuses while names are registered).
+# Our private epmd goes when it has no node left (epmd -kill refuses while names are
+# registered; a node that has just exited may take a moment to leave the list, so it is asked
+# again for up to 2 s; while another node of ours runs, the epmd stays).
 stop_epmd_if_idle() {
   local epmd="$ROOT/usr/lib/erlang/bin/epmd"
   [ -x "$epmd" ] || return 0
-  if ! ERL_EPMD_PORT=$EPMD_PORT "$epmd" -port "$EPMD_PORT" -names 2>/dev/null | grep -q '^name '; then
-    ERL_EPMD_PORT=$EPMD_PORT "$epmd" -port "$EPMD_PORT" -kill >/dev/null 2>&1 || true
-  fi
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    if ! ERL_EPMD_PORT=$EPMD_PORT "$epmd" -port "$EPMD_PORT" -names 2>/dev/null | grep -q '^name '; then
+      ERL_EPMD_PORT=$EPMD_PORT "$epmd" -port "$EPMD_PORT" -kill >/dev/null 2>&1 || true
+      return 0
+    fi
+    sleep 0.2
+  done
 }
 
 ctl() {
