@@ -230,6 +230,11 @@ async fn handle(
 
     let mut headers = FieldTable::default();
     headers.insert(RECORD_HEADER.into(), AMQPValue::LongInt(1));
+    // Stream-less mode: the id this instance must read back before the delivery is acked. Its
+    // own queue goes with a lost connection, so a record confirmed but not yet read would be
+    // lost to its sockets with the queue message already acked; unacked, it is redelivered
+    // and appended again (the dedupe rules keep that from doubling anything).
+    let mut read_back = None;
     if pipeline.config.streamless {
         let head = pipeline.fanout.head();
         let id = state
@@ -237,6 +242,7 @@ async fn handle(
             .unwrap_or_else(|p| p.into_inner())
             .next_id(head);
         headers.insert(ID_HEADER.into(), AMQPValue::LongLongInt(id as i64));
+        read_back = Some(id);
     }
     headers.insert(
         APPENDED_AT_HEADER.into(),
@@ -259,6 +265,7 @@ async fn handle(
     let record_properties = crate::record::properties(headers);
     let record = envelope.to_record();
     let target = LogTarget::of(&pipeline.config);
+    let log_name = target.describe();
     let appender = appender.clone();
     let mut publish = Box::pin(async move {
         appender
@@ -287,19 +294,32 @@ async fn handle(
         fingerprint: print,
         appended: true,
     };
-    let stream = pipeline.config.stream.clone();
+    let mut head = pipeline.fanout.watch_head();
     Ok(Some(Box::pin(async move {
         let confirm = match queued {
             std::task::Poll::Ready(confirm) => confirm?,
             std::task::Poll::Pending => publish.await?,
         };
         match tokio::time::timeout(PUBLISH_CONFIRM_TIMEOUT, confirm).await {
-            Ok(Ok(confirmation)) if confirmation.is_ack() => Ok(handled),
+            Ok(Ok(confirmation)) if confirmation.is_ack() => match read_back {
+                None => Ok(handled),
+                Some(id) => {
+                    let read = tokio::time::timeout(
+                        PUBLISH_CONFIRM_TIMEOUT,
+                        head.wait_for(|head| *head >= id),
+                    )
+                    .await;
+                    match read {
+                        Ok(Ok(_)) => Ok(handled),
+                        _ => Err(SessionError::AppendRefused(log_name)),
+                    }
+                }
+            },
             // The broker could not store it: end the session; the delivery and every later
             // one are redelivered, and the dedupe rules keep that from doubling anything.
-            Ok(Ok(_)) => Err(SessionError::AppendRefused(stream)),
+            Ok(Ok(_)) => Err(SessionError::AppendRefused(log_name)),
             Ok(Err(error)) => Err(error.into()),
-            Err(_) => Err(SessionError::AppendRefused(stream)),
+            Err(_) => Err(SessionError::AppendRefused(log_name)),
         }
     })))
 }

@@ -312,6 +312,11 @@ impl<S: Sockets> Fanout<S> {
         self.lock().head()
     }
 
+    /// The last id read or assigned, as it moves.
+    pub fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
     pub fn seen_message_id(&self, message_id: &str) -> bool {
         self.lock().seen_message_id(message_id)
     }
