@@ -294,27 +294,26 @@ async fn handle(
         fingerprint: print,
         appended: true,
     };
-    let mut head = pipeline.fanout.watch_head();
+    let read_back = read_back.map(|id| (id, pipeline.fanout.watch_head()));
     Ok(Some(Box::pin(async move {
         let confirm = match queued {
             std::task::Poll::Ready(confirm) => confirm?,
             std::task::Poll::Pending => publish.await?,
         };
         match tokio::time::timeout(PUBLISH_CONFIRM_TIMEOUT, confirm).await {
-            Ok(Ok(confirmation)) if confirmation.is_ack() => match read_back {
-                None => Ok(handled),
-                Some(id) => {
+            Ok(Ok(confirmation)) if confirmation.is_ack() => {
+                if let Some((id, mut head)) = read_back {
                     let read = tokio::time::timeout(
                         PUBLISH_CONFIRM_TIMEOUT,
                         head.wait_for(|head| *head >= id),
                     )
                     .await;
-                    match read {
-                        Ok(Ok(_)) => Ok(handled),
-                        _ => Err(SessionError::AppendRefused(log_name)),
+                    if !matches!(read, Ok(Ok(_))) {
+                        return Err(SessionError::AppendRefused(log_name));
                     }
                 }
-            },
+                Ok(handled)
+            }
             // The broker could not store it: end the session; the delivery and every later
             // one are redelivered, and the dedupe rules keep that from doubling anything.
             Ok(Ok(_)) => Err(SessionError::AppendRefused(log_name)),
