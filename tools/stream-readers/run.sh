@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# What reading the notification stream costs over AMQP 0-9-1 (lapin, as the daemon reads it)
-# against RabbitMQ's native stream protocol (rabbitmq-stream-client), in CPU per 10,000
-# records at 500/s and 2,000/s. The system broker offers no stream listener, so this starts a
-# RabbitMQ 4.0 node of its own with the rabbitmq_stream plugin (scripts/rabbitmq4.sh), runs
-# both readers against it and stops it. Prints figures only.
+# What reading the notification stream costs over AMQP 0-9-1 (lapin, as the daemon reads it;
+# amqprs, with its I/O on the runtime) against RabbitMQ's native stream protocol
+# (rabbitmq-stream-client), in CPU per 10,000 records at 500/s and 2,000/s. The system broker
+# offers no stream listener, so this starts a RabbitMQ 4.0 node of its own with the
+# rabbitmq_stream plugin (scripts/rabbitmq4.sh), runs the three readers against it and stops
+# it. Prints figures only.
 #
 #   tools/stream-readers/run.sh
 set -euo pipefail

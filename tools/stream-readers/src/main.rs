@@ -2,9 +2,11 @@
 //! on CPU: records appended at a steady rate to a stream of our own (as the daemon's active
 //! consumer appends them: persistent, with confirms, through the default exchange) and read in
 //! a child process, once by a lapin consumer as every daemon instance reads the stream
-//! (`x-stream-offset: next`, prefetch 1000, a `multiple` ack per 200), once by the
-//! `rabbitmq-stream-client` consumer (offset `next`, chunked deliveries, no acks). The child's
-//! CPU per 10,000 records is what reading the stream costs with each client, nothing else.
+//! (`x-stream-offset: next`, prefetch 1000, a `multiple` ack per 200), once the same way by an
+//! amqprs consumer (an AMQP 0-9-1 client whose socket I/O runs as tasks on the tokio runtime,
+//! where lapin has a thread of its own), once by the `rabbitmq-stream-client` consumer (offset
+//! `next`, chunked deliveries, no acks). The child's CPU per 10,000 records is what reading the
+//! stream costs with each client, nothing else.
 //!
 //! The broker must offer the stream protocol (the `rabbitmq_stream` plugin, port 5552 by
 //! default); `run.sh` beside this crate starts a node of its own that does. See README.md.
@@ -37,6 +39,8 @@ const IDLE: Duration = Duration::from_secs(15);
 pub enum Via {
     /// lapin, AMQP 0-9-1, as the daemon reads it.
     Amqp,
+    /// amqprs, AMQP 0-9-1 with its I/O on the runtime.
+    Amqprs,
     /// rabbitmq-stream-client, the native stream protocol.
     Native,
 }
@@ -45,6 +49,7 @@ impl Via {
     pub fn name(self) -> &'static str {
         match self {
             Via::Amqp => "amqp",
+            Via::Amqprs => "amqprs",
             Via::Native => "native",
         }
     }
@@ -60,12 +65,13 @@ pub struct Broker {
 /// Runs both readers at `rate` for `count` records each and prints their CPU per 10,000.
 pub async fn compare(broker: &Broker, rate: u64, count: u64, run: u64) -> Result<Vec<(Via, f64)>> {
     println!(
-        "\n== stream readers: {count} records at {rate}/s, read over AMQP 0-9-1 (lapin) and over the \
-         native stream protocol (rabbitmq-stream-client, port {}), each in a process of its own ==",
+        "\n== stream readers: {count} records at {rate}/s, read over AMQP 0-9-1 (lapin, amqprs) and \
+         over the native stream protocol (rabbitmq-stream-client, port {}), each in a process of \
+         its own ==",
         broker.stream_port
     );
     let mut figures = Vec::new();
-    for via in [Via::Amqp, Via::Native] {
+    for via in [Via::Amqp, Via::Amqprs, Via::Native] {
         let stream = format!("stream-readers-{run}-{}.log", via.name());
         let result = measure(broker, &stream, via, rate, count).await;
         delete_stream(&broker.amqp_url, &stream).await;
@@ -203,6 +209,7 @@ async fn delete_stream(url: &str, stream: &str) {
 pub async fn read(broker: &Broker, stream: &str, via: Via, count: u64) -> Result<()> {
     let read = match via {
         Via::Amqp => read_amqp(&broker.amqp_url, stream, count).await?,
+        Via::Amqprs => read_amqprs(&broker.amqp_url, stream, count).await?,
         Via::Native => read_native(broker, stream, count).await?,
     };
     println!("done {read}");
@@ -248,6 +255,50 @@ async fn read_amqp(url: &str, stream: &str, count: u64) -> Result<u64> {
         }
     }
     let _ = connection.close(200, "done".into()).await;
+    Ok(read)
+}
+
+async fn read_amqprs(url: &str, stream: &str, count: u64) -> Result<u64> {
+    use amqprs::channel::{BasicAckArguments, BasicConsumeArguments, BasicQosArguments};
+    use amqprs::connection::{Connection, OpenConnectionArguments};
+    let e = |e: amqprs::error::Error| e.to_string();
+    let mut arguments = OpenConnectionArguments::try_from(url).map_err(e)?;
+    // amqprs takes the URL's vhost as written; `%2f` is the default vhost `/`.
+    if let Some((_, vhost)) = url.rsplit_once('/')
+        && vhost.eq_ignore_ascii_case("%2f")
+    {
+        arguments.virtual_host("/");
+    }
+    let connection = Connection::open(&arguments).await.map_err(e)?;
+    let channel = connection.open_channel(None).await.map_err(e)?;
+    channel
+        .basic_qos(BasicQosArguments::new(0, PREFETCH, false))
+        .await
+        .map_err(e)?;
+    let mut consume = BasicConsumeArguments::new(stream, "");
+    consume.arguments.insert(
+        "x-stream-offset".try_into().map_err(|_| "field name")?,
+        amqprs::FieldValue::S("next".try_into().map_err(|_| "field value")?),
+    );
+    let (_tag, mut deliveries) = channel.basic_consume_rx(consume).await.map_err(e)?;
+    println!("ready");
+    let mut read = 0u64;
+    while read < count {
+        let Ok(Some(message)) = tokio::time::timeout(IDLE, deliveries.recv()).await else {
+            break;
+        };
+        let Some(deliver) = message.deliver else {
+            continue;
+        };
+        read += 1;
+        if read.is_multiple_of(ACK_EVERY) || read == count {
+            channel
+                .basic_ack(BasicAckArguments::new(deliver.delivery_tag(), true))
+                .await
+                .map_err(e)?;
+        }
+    }
+    let _ = connection.close().await;
     Ok(read)
 }
 
@@ -306,7 +357,7 @@ async fn connect(url: &str, name: &str) -> Result<lapin::Connection> {
 
 #[derive(Parser)]
 #[command(
-    about = "CPU of reading a RabbitMQ stream over AMQP 0-9-1 (lapin) against the native stream protocol (rabbitmq-stream-client)."
+    about = "CPU of reading a RabbitMQ stream over AMQP 0-9-1 (lapin, amqprs) against the native stream protocol (rabbitmq-stream-client)."
 )]
 struct Cli {
     /// The node, over AMQP 0-9-1 (appends, and the lapin reader).
