@@ -126,13 +126,23 @@ impl SioClient {
     /// Like [`Self::emit_with_ack`], also returning how many notifications this socket had
     /// received (in all) when the ack arrived.
     pub async fn emit_with_ack_counted(&self, event: &str, arg: Value) -> (Value, usize) {
+        self.emit_with_ack_within(event, arg, WAIT).await
+    }
+
+    /// Like [`Self::emit_with_ack_counted`], waiting at most `wait` for the acknowledgement.
+    pub async fn emit_with_ack_within(
+        &self,
+        event: &str,
+        arg: Value,
+        wait: Duration,
+    ) -> (Value, usize) {
         let id = self.next_ack.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.acks.lock().unwrap().insert(id, tx);
         self.out
             .send(Message::text(format!("42{id}{}", json!([event, arg]))))
             .expect("socket open");
-        tokio::time::timeout(WAIT, rx)
+        tokio::time::timeout(wait, rx)
             .await
             .expect("ack within the wait")
             .expect("ack")
