@@ -267,6 +267,7 @@ async fn without_streams_a_cursor_from_before_a_reconnect_resets_even_in_a_room_
     let mut on_a = a.joined(&token, &["customer:31"]).await;
     let mut on_b = b.joined(&token, &["customer:31"]).await;
     let mut stations_on_a = a.joined(&a.cms_token(), &["cms:stations"]).await;
+    // messageIds: a message redelivered after the cut is appended again, and is emitted once.
     a.publish_json(
         "notification.session",
         json!({ "type": "before", "recipients": [31], "messageId": crate::support::unique("m") }),
@@ -275,7 +276,6 @@ async fn without_streams_a_cursor_from_before_a_reconnect_resets_even_in_a_room_
     let before = on_a.next().await["id"].as_str().unwrap().to_owned();
     assert_eq!(on_b.next().await["type"], "before");
 
-    // (With messageIds, a failover between append and ack does not emit anything twice.)
     // A's queue goes with its connection: what B appends meanwhile never reaches A.
     proxy.cut();
     a.wait_broker("reconnecting").await;
